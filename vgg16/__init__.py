@@ -1,0 +1,7 @@
+"""VGG image classification on Hugging Face Accelerate: model, data, training loop, metrics, checkpoints."""
+
+from .config import TrainConfig
+from .model import build_model
+
+__all__ = ["TrainConfig", "build_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,135 @@
+"""Training state (Accelerate's save_state/load_state) and the exported model (safetensors + config.json).
+
+A checkpoint folder `checkpoints/epoch_NNNN` holds what `accelerator.save_state` writes (model.safetensors,
+optimizer, scaler, each process's RNG) plus `trainer_state.json` (epoch, step, best accuracy, scheduler). It is
+written under a temporary name and renamed when complete, so a kill mid-save leaves the previous one usable.
+Nothing here is unpickled beyond what Accelerate loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from accelerate import Accelerator
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from .errors import UsageError
+from .model import check_state_dict
+
+TRAINER_STATE = "trainer_state.json"
+WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "config.json"
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write atomically: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, *, epoch: int, global_step: int,
+                        best_acc1: float, scheduler, model_config: dict, keep: int = 2) -> Path:
+    """Save after `epoch` epochs (1-based count of finished epochs); keep the newest `keep` checkpoints."""
+    final = checkpoints_dir / f"epoch_{epoch:04d}"
+    tmp = checkpoints_dir / f".tmp_epoch_{epoch:04d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every process writes its RNG state; the main one the rest
+    if accelerator.is_main_process:
+        write_json(tmp / TRAINER_STATE, {"epoch": epoch, "global_step": global_step, "best_acc1": best_acc1,
+                                          "scheduler": scheduler.state_dict(), "model": model_config})
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+        for old in sorted(checkpoints_dir.glob("epoch_*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise UsageError(f"--resume {checkpoint}: no such checkpoint folder (give OUTPUT/checkpoints/epoch_NNNN)")
+    try:
+        return json.loads((path / TRAINER_STATE).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--resume {checkpoint}: no {TRAINER_STATE} there; is it a checkpoints/epoch_NNNN folder "
+                         "written by train_vgg16.py?") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--resume {checkpoint}: {TRAINER_STATE} is damaged ({e})") from None
+
+
+def load_training_state(accelerator: Accelerator, checkpoint: Path, model: nn.Module, scheduler) -> dict:
+    """Restore model, optimizer, scaler, RNG and scheduler; return the trainer state (epoch, step, best acc1)."""
+    state = read_trainer_state(checkpoint)
+    check_state_dict(accelerator.unwrap_model(model), read_weights(Path(checkpoint) / WEIGHTS), f"--resume {checkpoint}")
+    try:
+        accelerator.load_state(str(checkpoint))
+    except (RuntimeError, OSError, ValueError, EOFError) as e:
+        raise UsageError(f"--resume {checkpoint}: could not load the training state ({str(e).splitlines()[0]})") from None
+    scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
+def read_weights(path: Path) -> dict:
+    """A state_dict from a safetensors file: no pickle, no code."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such weights file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def export_model(accelerator: Accelerator, model: nn.Module, output_dir: Path, model_config: dict) -> None:
+    """model.safetensors with torchvision's keys and config.json: a folder torchvision and the hub accept."""
+    accelerator.save_model(model, str(output_dir), safe_serialization=True)
+    if accelerator.is_main_process:
+        write_json(output_dir / MODEL_CONFIG, model_config)
+
+
+def resolve_pretrained(spec: str) -> tuple[dict, Optional[dict]]:
+    """(state_dict, model config or None) from a .safetensors file, an exported folder, or a hub model id."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        weights = path / WEIGHTS
+        config_path = path / MODEL_CONFIG
+        if not weights.exists():
+            raise UsageError(f"--pretrained {spec}: no {WEIGHTS} in that folder")
+    elif path.is_file():
+        if path.suffix != ".safetensors":
+            raise UsageError(f"--pretrained {spec}: only safetensors weights are read (pickled .pth/.tar files can "
+                             "run code when loaded); convert with safetensors.torch.save_file(state_dict, 'x.safetensors')")
+        weights, config_path = path, path.with_name(MODEL_CONFIG)
+    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        weights, config_path = _download_from_hub(spec)
+    else:
+        raise UsageError(f"--pretrained {spec}: no such file or folder")
+    config = json.loads(config_path.read_text()) if config_path and config_path.exists() else None
+    return read_weights(weights), config
+
+
+def _download_from_hub(repo_id: str) -> tuple[Path, Optional[Path]]:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        weights = Path(hf_hub_download(repo_id, WEIGHTS))
+    except Exception as e:  # offline, unknown repo, no access: one line for all of them
+        raise UsageError(f"--pretrained {repo_id}: not a local path, and the hub gave no {WEIGHTS} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        config: Optional[Path] = Path(hf_hub_download(repo_id, MODEL_CONFIG))
+    except (EntryNotFoundError, OSError):
+        config = None
+    return weights, config
+

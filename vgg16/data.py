@@ -1,0 +1,114 @@
+"""From `datasets.Dataset` to batches of uint8 images: transform presets, per-sample seeding, synthetic data,
+and the DataLoaders.
+
+Images stay uint8 (4x less to copy than float32) until they are on the device, where `engine.Normalizer` turns them
+into normalised floats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------- transform presets
+def train_transform(*, image_size: int, small: bool, hflip: float = 0.5) -> v2.Compose:
+    """RandomResizedCrop + flip (torchvision's ImageNet recipe), or pad-4 random crop + flip below 64 px."""
+    if small:
+        steps = [v2.Resize(image_size, antialias=True), v2.RandomCrop(image_size, padding=4)]
+    else:
+        steps = [v2.RandomResizedCrop(image_size, antialias=True)]
+    return v2.Compose([*steps, v2.RandomHorizontalFlip(hflip), v2.PILToTensor()])
+
+
+def eval_transform(*, image_size: int, small: bool) -> v2.Compose:
+    """Resize(256) + CenterCrop(224), scaled to image_size; below 64 px a plain resize to image_size."""
+    resize = image_size if small else int(round(image_size * 256 / 224))
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(image_size), v2.PILToTensor()])
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode (L, LA, P, CMYK, RGBA, I;16 ...) to RGB, as torchvision's default loader does."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # avoids PIL's warning about palette transparency
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16-bit greyscale (scientific PNG/TIFF) and float images: PIL's convert clips at 255, so scale instead.
+        scale = 255.0 if image.mode == "F" else 1 / 257  # float images in [0, 1]; integers in the 16-bit range
+        values = np.asarray(image, dtype=np.float32) * scale
+        image = Image.fromarray(values.clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, sample): augmentation then depends on neither worker
+    count nor process count, and a resumed run draws exactly what an uninterrupted one would."""
+    return ((seed * 1_000_003 + epoch) * 2_147_483_647 + index) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class AugmentedDataset(Dataset):
+    """Wraps a datasets.Dataset: decode to RGB, transform with a per-sample seed, return (uint8 CHW, label)."""
+
+    def __init__(self, data, transform, seed: int):
+        self.data = data
+        self.transform = transform
+        self.seed = seed
+        # Shared memory, so persistent workers see the epoch the main process sets before each epoch.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        example = self.data[index]
+        image = to_rgb(example["image"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, int(self._epoch[0]), index))
+            pixels = self.transform(image)
+        return pixels, example["label"]
+
+
+class SyntheticImages(Dataset):
+    """Random uint8 images for throughput runs: a small fixed pool, so producing a sample costs nothing."""
+
+    POOL = 64
+
+    def __init__(self, length: int, *, image_size: int, num_classes: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.pool = torch.randint(0, 256, (self.POOL, 3, image_size, image_size), dtype=torch.uint8, generator=g)
+        self.length = length
+        self.num_classes = num_classes
+
+    def set_epoch(self, epoch: int) -> None:  # same interface as AugmentedDataset
+        pass
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.pool[index % self.POOL], index % self.num_classes
+
+
+# ---------------------------------------------------------------- loaders
+def build_loaders(train_set: Dataset, val_set: Dataset, *, batch_size: int, workers: int, seed: int,
+                  pin_memory: bool) -> tuple[DataLoader, DataLoader]:
+    """Train: shuffled (a generator of its own, so the order depends on the seed alone), drop_last so every
+    process runs the same number of steps. Val: in order, nothing dropped; Accelerate pads the last batch across
+    processes and `gather_for_metrics` removes the padding again."""
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    if workers > 0:
+        common["prefetch_factor"] = 4
+    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
+                       generator=torch.Generator().manual_seed(seed), **common)
+    val = DataLoader(val_set, batch_size=batch_size, shuffle=False, drop_last=False, **common)
+    return train, val

@@ -1,0 +1,76 @@
+"""The Accelerator for a run: precision, loss scaling, loader settings, and the checks that the launch is the one
+the user asked for."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, GradScalerKwargs
+
+from .config import TrainConfig
+from .errors import UsageError
+
+# --device names of the old scripts -> torch device types.
+DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda", "npu": "npu"}
+DEVICE_HINTS = {
+    "gpu": "no CUDA device is visible to this process (check nvidia-smi and CUDA_VISIBLE_DEVICES), or the launch "
+    "asked for the CPU (use_cpu / --cpu); launch with accelerate_configs/gpu_1p.yaml or gpu_8p.yaml",
+    "npu": "torch_npu is not installed or no NPU is visible (check npu-smi info and ASCEND_RT_VISIBLE_DEVICES; "
+    "pip install -r requirements-npu.txt); launch with accelerate_configs/npu_1p.yaml or npu_8p.yaml",
+    "cpu": "the launch put the run on an accelerator; add --cpu to accelerate launch (or use_cpu: true in the config)",
+}
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    handlers = []
+    if cfg.loss_scale is not None:
+        # The seed's static loss scale: start at N and never grow. Unlike apex's static mode, an overflow still
+        # skips the step (and halves the scale) instead of applying inf gradients.
+        handlers.append(GradScalerKwargs(init_scale=cfg.loss_scale, growth_interval=2**31 - 1))
+    try:
+        accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            # Seedable sampler: the shuffle order depends on (seed, epoch) only, so a resumed run sees the same
+            # order. non_blocking: host-to-device copies overlap compute (the loaders pin memory).
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
+            kwargs_handlers=handlers,
+            step_scheduler_with_optimizer=False,
+        )
+    except ValueError as e:
+        message = str(e).splitlines()[0]
+        if "fp16" in message:
+            message += "; on CPU use --mixed-precision bf16 or no"
+        raise UsageError(message) from None
+    check_launch(cfg, accelerator)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return accelerator
+
+
+def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:
+    """Stop when the launch is not what was asked: wrong device, or a world smaller than the launcher's."""
+    if cfg.device and accelerator.device.type != DEVICE_TYPES[cfg.device]:
+        raise UsageError(f"--device {cfg.device}, but this launch runs on {accelerator.device.type}: "
+                         f"{DEVICE_HINTS[cfg.device]}")
+    if cfg.loss_scale is not None and accelerator.mixed_precision != "fp16":
+        raise UsageError(f"--loss-scale applies to fp16, but this run uses {accelerator.mixed_precision}: "
+                         "add --mixed-precision fp16 (or --amp), or drop --loss-scale")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        # Seen with `accelerate launch` + a YAML that says use_cpu and MULTI_GPU: N processes that each train
+        # alone. N independent models instead of one must not pass silently.
+        raise UsageError(f"launched as {launched} processes but the process group has {accelerator.num_processes}: "
+                         "the processes would train separate models. On CPU launch with "
+                         "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`")
+
+
+def default_workers(requested, num_processes: int) -> int:
+    """--workers, or this machine's CPUs shared among its processes (at most 8 each)."""
+    if requested is not None:
+        return requested
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))  # set by the launcher on multi-node runs
+    return max(0, min(8, (os.cpu_count() or 1) // max(1, local)))

@@ -1,0 +1,86 @@
+"""The VGG family on torchvision's definitions, plus a small-image head for CIFAR-sized inputs.
+
+No Accelerate here: a model is a plain `nn.Module` whose state_dict uses torchvision's keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models
+
+from .errors import UsageError
+
+# Below this input size the five max-pools leave at most a 1x1 map, and torchvision's head (7x7x512 -> 4096)
+# would spend 119M of VGG16's 134M parameters on upsampled copies of one pixel.
+SMALL_IMAGE_LIMIT = 64
+SMALL_HEAD_WIDTH = 512
+
+
+def head_for(image_size: int) -> str:
+    """'small' (global pool, 512-wide classifier) for inputs below 64 px, else torchvision's 'imagenet' head."""
+    return "small" if image_size < SMALL_IMAGE_LIMIT else "imagenet"
+
+
+def build_model(arch: str, num_classes: int, *, head: str = "imagenet", dropout: float = 0.5) -> nn.VGG:
+    """A randomly initialised VGG from torchvision.
+
+    head='imagenet' is torchvision's model exactly (same keys, shapes, init). head='small' keeps the features and
+    the classifier's layout (so keys are still `classifier.0/3/6`) but pools to 1x1 and uses 512-wide layers:
+    about 15M parameters for VGG16 instead of 134M.
+    """
+    builder = getattr(models, arch, None)
+    if builder is None or not arch.startswith("vgg"):
+        raise UsageError(f"unknown arch {arch!r}")
+    model: nn.VGG = builder(weights=None, num_classes=num_classes, dropout=dropout)
+    if head == "small":
+        model.avgpool = nn.AdaptiveAvgPool2d(1)
+        width = SMALL_HEAD_WIDTH
+        model.classifier = nn.Sequential(
+            nn.Linear(512, width), nn.ReLU(True), nn.Dropout(dropout),
+            nn.Linear(width, width), nn.ReLU(True), nn.Dropout(dropout),
+            nn.Linear(width, num_classes),
+        )
+        for layer in model.classifier:
+            if isinstance(layer, nn.Linear):  # torchvision's init for its classifier
+                nn.init.normal_(layer.weight, 0, 0.01)
+                nn.init.constant_(layer.bias, 0)
+    elif head != "imagenet":
+        raise UsageError(f"unknown head {head!r}: use 'imagenet' or 'small'")
+    return model
+
+
+def replace_classifier(model: nn.VGG, num_classes: int) -> None:
+    """Swap the last layer for a fresh one with `num_classes` outputs (fine-tuning on another label set)."""
+    last: nn.Linear = model.classifier[-1]
+    new = nn.Linear(last.in_features, num_classes)
+    nn.init.normal_(new.weight, 0, 0.01)
+    nn.init.constant_(new.bias, 0)
+    model.classifier[-1] = new
+
+
+def num_classes_of(state_dict: dict) -> int:
+    return int(state_dict["classifier.6.weight"].shape[0])
+
+
+def head_of(state_dict: dict) -> str:
+    return "small" if state_dict["classifier.0.weight"].shape[1] == 512 else "imagenet"
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def check_state_dict(model: nn.Module, state_dict: dict, source: str) -> None:
+    """Refuse weights whose keys or shapes do not match, naming the first difference."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise UsageError(f"{source} does not fit this model ({what}): check --arch and --image-size")
+    for key, tensor in expected.items():
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise UsageError(f"{source} does not fit this model: {key} is {tuple(state_dict[key].shape)}, "
+                             f"expected {tuple(tensor.shape)}; check --arch and --image-size")

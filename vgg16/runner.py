@@ -1,0 +1,218 @@
+"""A whole run: config -> Accelerator -> data, model, optimizer -> prepare -> epochs -> results.json.
+
+`main(argv)` is the command line (train_vgg16.py calls it); `run(cfg)` is the same for code and tests.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional, Sequence
+
+import accelerate
+import torch
+from accelerate.utils import ProfileKwargs, set_seed
+from torch import nn
+
+from . import checkpoint as ckpt
+from .cli import parse_args
+from .config import TrainConfig
+from .data import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, SyntheticImages, build_loaders, eval_transform, train_transform
+from .engine import EpochPlan, Normalizer, NonFiniteLoss, evaluate, train_one_epoch
+from .errors import UsageError
+from .launch import default_workers, make_accelerator
+from .metrics import ThroughputMeter
+from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of, replace_classifier
+from .optim import build_optimizer, build_scheduler, lr_factor, position_scheduler
+from .sources import load_source
+
+
+def _check_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--output-dir {path} is not writable ({e.strerror}): choose another folder") from None
+
+
+def _load_data(cfg: TrainConfig, accelerator) -> tuple:
+    """(train_set, val_set, class_names, dataset name, image_size, small head?, notes)."""
+    if cfg.dataset == "synthetic":
+        size = cfg.image_size or 224
+        classes = [str(i) for i in range(cfg.num_classes or 1000)]
+        per_step = cfg.batch_size * accelerator.num_processes
+        train = SyntheticImages(100 * per_step * cfg.grad_accum, image_size=size, num_classes=len(classes), seed=cfg.seed)
+        val = SyntheticImages(4 * per_step, image_size=size, num_classes=len(classes), seed=cfg.seed + 1)
+        return train, val, classes, "synthetic", size, ()
+    with accelerator.main_process_first():  # datasets' cache is written once, then read by the others
+        source = load_source(cfg.data, cfg.seed)
+    if cfg.num_classes is not None and cfg.num_classes != len(source.class_names):
+        raise UsageError(f"--num-classes {cfg.num_classes}, but {source.name} has {len(source.class_names)} classes: "
+                         "drop --num-classes (it is for --dataset synthetic)")
+    size = cfg.image_size or (32 if source.small_images else 224)
+    small = head_for(size) == "small"
+    train = AugmentedDataset(source.train, train_transform(image_size=size, small=small, hflip=cfg.hflip), cfg.seed)
+    val = AugmentedDataset(source.val, eval_transform(image_size=size, small=small), cfg.seed)
+    return train, val, source.class_names, source.name, size, source.notes
+
+
+def _load_weights(cfg: TrainConfig, model: nn.Module, num_classes: int, log) -> None:
+    """--pretrained (or --resume with --evaluate) into the model before prepare."""
+    if cfg.evaluate and cfg.resume:
+        state = ckpt.read_weights(Path(cfg.resume) / ckpt.WEIGHTS)
+        source = f"--resume {cfg.resume}"
+    else:
+        state, _ = ckpt.resolve_pretrained(cfg.pretrained)
+        source = f"--pretrained {cfg.pretrained}"
+    theirs = num_classes_of(state)
+    if theirs != num_classes:
+        if cfg.evaluate:
+            raise UsageError(f"{source} has {theirs} classes but the data has {num_classes}: evaluation needs "
+                             "weights trained on these classes")
+        log(f"{source} has {theirs} classes, the data {num_classes}: replacing the last layer (classifier.6)")
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("classifier.6.")})
+    check_state_dict(model, state, source)
+    model.load_state_dict(state)
+
+
+def run(cfg: TrainConfig) -> dict:
+    cfg = cfg.with_recipe_defaults()
+    output_dir = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg)
+    log = lambda message: accelerator.print(message, flush=True)  # noqa: E731 - main process only
+    if accelerator.is_main_process:
+        _check_output_dir(output_dir)
+    set_seed(cfg.seed)  # before the model is built: the seed decides the initial weights
+
+    train_set, val_set, classes, dataset_name, image_size, notes = _load_data(cfg, accelerator)
+    head = head_for(image_size)
+    epochs = cfg.epochs
+    model_config = {"arch": cfg.arch, "num_classes": len(classes), "image_size": image_size, "head": head,
+                    "dropout": cfg.dropout, "class_names": classes, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                    "library": "vgg16"}
+
+    model = build_model(cfg.arch, len(classes), head=head, dropout=cfg.dropout)
+    if cfg.pretrained or (cfg.evaluate and cfg.resume):
+        _load_weights(cfg, model, len(classes), log)
+    workers = default_workers(cfg.workers, accelerator.num_processes)
+    train_loader, val_loader = build_loaders(train_set, val_set, batch_size=cfg.batch_size, workers=workers,
+                                             seed=cfg.seed, pin_memory=accelerator.device.type != "cpu")
+    if len(train_loader) < cfg.grad_accum * accelerator.num_processes and not cfg.evaluate:
+        raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): lower --batch-size")
+    optimizer = build_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                nesterov=cfg.nesterov)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    steps_per_epoch = len(train_loader) // cfg.grad_accum
+    factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch, total_steps=epochs * steps_per_epoch,
+                       warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), step_size=cfg.lr_step_size,
+                       gamma=cfg.lr_gamma)
+    scheduler = build_scheduler(optimizer, factor)
+    normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device)
+    global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
+
+    for note in (*cfg.notes, *notes):
+        log(f"note: {note}")
+    log(f"{cfg.arch} ({head} head, {count_parameters(model) / 1e6:.1f}M parameters) on {dataset_name}: "
+        f"{len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, {image_size} px")
+    log(f"{accelerator.num_processes} process(es) on {accelerator.device.type}, {accelerator.mixed_precision} precision, "
+        f"global batch {global_batch} ({cfg.batch_size} x {accelerator.num_processes} x {cfg.grad_accum}), "
+        f"{workers} workers per process")
+
+    results = {"arch": cfg.arch, "dataset": dataset_name, "image_size": image_size, "head": head,
+               "num_classes": len(classes), "train_images": len(train_set), "global_batch_size": global_batch,
+               "per_process_batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+               "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+               "device": accelerator.device.type, "torch": torch.__version__, "accelerate": accelerate.__version__,
+               "lr": cfg.lr, "seed": cfg.seed, "command": " ".join(sys.argv)}
+
+    if cfg.evaluate:
+        metrics = evaluate(model, val_loader, accelerator, normalize, log=log)
+        results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], val_images=metrics["count"],
+                       val_loss=metrics["loss"], fps=0.0, epochs=0, steps=0, evaluated=cfg.resume or cfg.pretrained)
+        _finish(accelerator, output_dir, results, log)
+        return results
+
+    start_epoch, global_step, best_acc1 = 0, 0, 0.0
+    if cfg.resume:
+        state = ckpt.load_training_state(accelerator, Path(cfg.resume), model, scheduler)
+        start_epoch, global_step, best_acc1 = state["epoch"], state["global_step"], state["best_acc1"]
+        log(f"resumed from {cfg.resume}: {start_epoch} epoch(s) and {global_step} step(s) done")
+    if cfg.start_epoch is not None:
+        start_epoch, global_step = cfg.start_epoch, cfg.start_epoch * steps_per_epoch
+        position_scheduler(scheduler, global_step)
+
+    meter = ThroughputMeter(lambda: _sync(accelerator))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    metrics, epoch, train_loss = {"acc1": 0.0, "acc5": 0.0, "count": 0, "loss": float("nan")}, start_epoch, float("nan")
+    started = time.time()
+    for epoch in range(start_epoch, epochs):
+        remaining = cfg.stop_step_num - global_step if cfg.stop_step_num else steps_per_epoch
+        if remaining <= 0:
+            break
+        plan = EpochPlan(epoch, epochs, min(steps_per_epoch, remaining), cfg.print_freq)
+        train_set.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        with _profiler(cfg, accelerator, output_dir, first=epoch == start_epoch) as profiler:
+            stats = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, accelerator, normalize,
+                                    meter, plan, log, profiler, scaler_checks_nonfinite=accelerator.mixed_precision == "fp16")
+        global_step += stats["steps"]
+        train_loss = stats["loss"]
+        metrics = evaluate(model, val_loader, accelerator, normalize, log=log)
+        best_acc1 = max(best_acc1, metrics["acc1"])
+        ckpt.save_training_state(accelerator, output_dir / "checkpoints", epoch=epoch + 1, global_step=global_step,
+                                 best_acc1=best_acc1, scheduler=scheduler, model_config=model_config)
+        ckpt.export_model(accelerator, model, output_dir, model_config)
+        results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], best_acc1=best_acc1, val_images=metrics["count"],
+                       val_loss=metrics["loss"], train_loss=train_loss, fps=meter.fps, epochs=epoch + 1,
+                       steps=global_step, train_seconds=round(time.time() - started, 1))
+        if accelerator.is_main_process:
+            ckpt.write_json(output_dir / "results.json", results)
+    _finish(accelerator, output_dir, results, log)
+    return results
+
+
+def _finish(accelerator, output_dir: Path, results: dict, log) -> None:
+    if accelerator.is_main_process:
+        ckpt.write_json(output_dir / "results.json", results)
+    accelerator.wait_for_everyone()
+    log(f"Acc@1 {results.get('acc1', 0):.3f}  Acc@5 {results.get('acc5', 0):.3f}  FPS {results.get('fps', 0):.1f}  "
+        f"({results['num_processes']}p {results['device']} {results['mixed_precision']}, "
+        f"global batch {results['global_batch_size']}) -> {output_dir / 'results.json'}")
+    accelerator.end_training()
+
+
+def _sync(accelerator) -> None:
+    """Wait for queued device work so timings are honest; nothing to wait for on CPU."""
+    if accelerator.device.type != "cpu" and torch.accelerator.is_available():
+        torch.accelerator.synchronize()
+
+
+def _profiler(cfg: TrainConfig, accelerator, output_dir: Path, first: bool):
+    """--prof: a Chrome trace (chrome://tracing, Perfetto, TensorBoard) of steps 3-5 of the first epoch."""
+    if not (cfg.prof and first):
+        return nullcontext()
+    activities = ["cpu"] + (["cuda"] if accelerator.device.type == "cuda" else [])
+    handler = ProfileKwargs(activities=activities, schedule_option={"wait": 1, "warmup": 1, "active": 3, "repeat": 1},
+                            output_trace_dir=str(output_dir / "profile"), record_shapes=True)
+    return accelerator.profile(handler)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = parse_args(argv)
+        run(cfg)
+    except (UsageError, NonFiniteLoss) as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2 if isinstance(e, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

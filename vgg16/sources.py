@@ -1,0 +1,247 @@
+"""Where images come from: every source becomes train and validation `datasets.Dataset`s with an `image`
+(datasets.Image) and a `label` (datasets.ClassLabel) column, sharing one class list.
+
+Sources: an ImageNet-style folder, CIFAR-10 (python pickles or the hub's parquet files), a `save_to_disk` folder,
+a hub dataset name, and the embedded digits. The synthetic source lives in `vgg16.data` (it has no files).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+
+from .errors import UsageError
+
+ASSETS = Path(__file__).parent / "assets"
+# torchvision.datasets.folder.IMG_EXTENSIONS, which ImageFolder accepts.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+VAL_SPLIT_NAMES = ("validation", "val", "valid", "test")
+
+
+@dataclass
+class ImageData:
+    """Train/validation splits and what was learned about them while loading."""
+
+    name: str
+    train: datasets.Dataset
+    val: datasets.Dataset
+    class_names: list
+    small_images: bool
+    """True when the source's images are below 64 px (CIFAR, digits): the default size becomes 32."""
+    notes: tuple = ()
+
+
+def _features(class_names: list) -> datasets.Features:
+    return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names)})
+
+
+def _first_image_is_small(ds: datasets.Dataset) -> bool:
+    if len(ds) == 0:
+        return False
+    image = ds[0]["image"]
+    return max(image.size) < 64
+
+
+# ---------------------------------------------------------------- ImageNet-style folders
+def scan_class_folder(root: Path) -> tuple[list, list, list]:
+    """(paths, labels, classes) of root/<class>/**/<image>, classes sorted by name as torchvision's ImageFolder.
+
+    A directory scan instead of `load_dataset("imagefolder")`, which re-resolves every file on every start
+    (87 s for 105,000 files here even with a warm cache; about 20 minutes at ImageNet scale).
+    """
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    paths, labels = [], []
+    empty = []
+    for label, name in enumerate(classes):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames.sort()
+            found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS))
+        if not found:
+            empty.append(name)
+        paths.extend(found)
+        labels.extend([label] * len(found))
+    if empty:
+        raise UsageError(f"{root} has class folders without images: {', '.join(empty[:5])}"
+                         f"{' ...' if len(empty) > 5 else ''} (images end in {', '.join(IMG_EXTENSIONS)})")
+    return paths, labels, classes
+
+
+def _check_same_classes(train_classes: list, val_classes: list, where: str) -> None:
+    if train_classes == val_classes:
+        return
+    only_train = sorted(set(train_classes) - set(val_classes))
+    only_val = sorted(set(val_classes) - set(train_classes))
+    parts = []
+    if only_train:
+        parts.append(f"only in train: {', '.join(map(str, only_train[:5]))}")
+    if only_val:
+        parts.append(f"only in validation: {', '.join(map(str, only_val[:5]))}")
+    if not parts:
+        parts.append("same names in a different order")
+    raise UsageError(f"train and validation classes differ in {where} ({'; '.join(parts)}): both splits need "
+                     "the same class list")
+
+
+def load_image_folder(root: Path) -> ImageData:
+    val_dir = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
+    if not (root / "train").is_dir() or val_dir is None:
+        raise UsageError(f"{root} is not an ImageNet-style folder: it needs train/<class>/* and val/<class>/*")
+    train_paths, train_labels, classes = scan_class_folder(root / "train")
+    val_paths, val_labels, val_classes = scan_class_folder(val_dir)
+    if not classes:
+        raise UsageError(f"{root / 'train'} has no class folders: put each class's images in train/<class>/")
+    _check_same_classes(classes, val_classes, str(root))
+    features = _features(classes)
+    train = datasets.Dataset.from_dict({"image": train_paths, "label": train_labels}, features=features)
+    val = datasets.Dataset.from_dict({"image": val_paths, "label": val_labels}, features=features)
+    return ImageData(root.name, train, val, classes, _first_image_is_small(train))
+
+
+# ---------------------------------------------------------------- CIFAR-10, python pickles
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The CIFAR-10 python files are pickles; allow only what they contain (numpy arrays), never code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise UsageError(f"refusing to unpickle {module}.{name}: not a CIFAR-10 batch file")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        try:
+            return _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise UsageError(f"{path} is not a readable CIFAR-10 batch file ({e})") from None
+
+
+def _ppm(image_hwc: np.ndarray) -> bytes:
+    # Raw PPM: encoding 60,000 images costs well under a second (PNG took about 11 s), and PIL decodes it.
+    h, w, _ = image_hwc.shape
+    return b"P6\n%d %d\n255\n" % (w, h) + image_hwc.tobytes()
+
+
+def load_cifar10_batches(folder: Path) -> ImageData:
+    meta = _unpickle(folder / "batches.meta")
+    classes = [n.decode() for n in meta[b"label_names"]]
+    features = _features(classes)
+
+    def split(files: list) -> datasets.Dataset:
+        images, labels = [], []
+        for name in files:
+            batch = _unpickle(folder / name)
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            images.extend({"bytes": _ppm(img), "path": None} for img in data)
+            labels.extend(int(x) for x in batch[b"labels"])
+        return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    train_files = sorted(p.name for p in folder.glob("data_batch_*"))
+    if not train_files or not (folder / "test_batch").exists():
+        raise UsageError(f"{folder} lacks data_batch_* or test_batch: is it an unpacked cifar-10-python.tar.gz?")
+    return ImageData("cifar10", split(train_files), split(["test_batch"]), classes, small_images=True)
+
+
+# ---------------------------------------------------------------- datasets-library layouts
+def _standardise(ds: datasets.Dataset, where: str) -> datasets.Dataset:
+    """Rename the image and label columns to `image`/`label` (CIFAR-10's parquet uses `img`) and drop the rest."""
+    image_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.Image)), None)
+    image_col = image_col or next((c for c in ("image", "img") if c in ds.column_names), None)
+    label_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
+    label_col = label_col or next((c for c in ("label", "labels", "fine_label") if c in ds.column_names), None)
+    if image_col is None or label_col is None:
+        raise UsageError(f"{where} needs an image column and a label column; it has {', '.join(ds.column_names)}")
+    ds = ds.select_columns([image_col, label_col])
+    ds = ds.rename_columns({k: v for k, v in ((image_col, "image"), (label_col, "label")) if k != v})
+    if not isinstance(ds.features["image"], datasets.Image):
+        ds = ds.cast_column("image", datasets.Image())
+    if not isinstance(ds.features["label"], datasets.ClassLabel):
+        ds = ds.class_encode_column("label")
+    return ds
+
+
+def _from_splits(name: str, splits: dict, where: str, seed: int) -> ImageData:
+    if "train" not in splits:
+        raise UsageError(f"{where} has no 'train' split (it has {', '.join(splits) or 'none'})")
+    train = _standardise(splits["train"], where)
+    notes = ()
+    val_name = next((n for n in VAL_SPLIT_NAMES if n in splits), None)
+    if val_name is None:
+        held = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column="label")
+        train, val = held["train"], held["test"]
+        notes = (f"{where} has no validation split: holding out 10% of train ({len(val)} images, seed {seed})",)
+    else:
+        val = _standardise(splits[val_name], where)
+    classes = train.features["label"].names
+    _check_same_classes(classes, val.features["label"].names, where)
+    return ImageData(name, train, val, classes, _first_image_is_small(train), notes)
+
+
+def load_parquet_folder(folder: Path, seed: int) -> ImageData:
+    """The hub's parquet layout (e.g. CIFAR-10 as `plain_text/train-00000-of-00001.parquet`, `test-...`)."""
+    files = sorted(folder.rglob("*.parquet"))
+    by_split: dict = {}
+    for f in files:
+        split = f.stem.split("-")[0]
+        by_split.setdefault(split, []).append(str(f))
+    splits = {s: datasets.Dataset.from_parquet(paths) for s, paths in by_split.items()}
+    return _from_splits(folder.name, splits, str(folder), seed)
+
+
+def load_saved(folder: Path, seed: int) -> ImageData:
+    loaded = datasets.load_from_disk(str(folder))
+    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    return _from_splits(folder.name, splits, str(folder), seed)
+
+
+def load_hub(name: str, seed: int) -> ImageData:
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as e:  # offline, unknown name, gated repo: all end the same way for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--data {name!r} is not a local path and could not be loaded from the hub or its cache "
+                         f"({first})") from None
+    return _from_splits(name.split("/")[-1], dict(loaded), name, seed)
+
+
+def load_digits() -> ImageData:
+    """The embedded dataset: 1,797 real 8x8 handwritten digits (see vgg16/assets/README.md)."""
+    train = datasets.Dataset(pq.read_table(ASSETS / "digits-train.parquet"))
+    val = datasets.Dataset(pq.read_table(ASSETS / "digits-validation.parquet"))
+    return ImageData("digits", train, val, train.features["label"].names, small_images=True)
+
+
+def load_source(data: Optional[str], seed: int) -> ImageData:
+    """Pick the loader from what `data` is. None means the embedded digits."""
+    if data is None:
+        return load_digits()
+    path = Path(data).expanduser()
+    if not path.exists():
+        if data.startswith((".", "/", "~")) or os.sep in data.strip("/").replace("/", "", 1):
+            raise UsageError(f"--data {data}: no such file or directory")
+        return load_hub(data, seed)
+    if not path.is_dir():
+        raise UsageError(f"--data {data} is a file: give the dataset's folder")
+    if not any(path.iterdir()):
+        raise UsageError(f"--data {data} is an empty folder")
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return load_saved(path, seed)
+    cifar = path if (path / "batches.meta").exists() else path / "cifar-10-batches-py"
+    if (cifar / "batches.meta").exists():
+        return load_cifar10_batches(cifar)
+    if (path / "train").is_dir():
+        return load_image_folder(path)
+    if any(path.rglob("*.parquet")):
+        return load_parquet_folder(path, seed)
+    raise UsageError(f"--data {data}: no train/ folder, cifar-10-batches-py, parquet files or saved dataset found "
+                     "there (ImageNet-style data needs train/<class>/* and val/<class>/*)")
