@@ -7,7 +7,6 @@ replaces them: silently ignoring `--world-size 8` would train one process where 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
 from .config import ARCHS, DEVICES, OPT_LEVELS, PRECISIONS, SCHEDULERS, TrainConfig
@@ -15,11 +14,10 @@ from .errors import UsageError
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus the message; we want one line and the usual exit code 2."""
+    """argparse prints usage plus the message and exits; we raise, so main() prints one line like every error."""
 
     def error(self, message: str) -> None:  # noqa: D102 - argparse API
-        sys.stderr.write(f"error: {message} (see --help)\n")
-        sys.exit(2)
+        raise UsageError(f"{message} (see --help)")
 
 
 # Distributed flags of the old mp.spawn launcher and what replaces each (Accelerate owns the process group).

@@ -91,29 +91,15 @@ def run(cfg: TrainConfig) -> dict:
 
     train_set, val_set, classes, dataset_name, image_size, notes = _load_data(cfg, accelerator)
     head = head_for(image_size)
-    epochs = cfg.epochs
     model_config = {"arch": cfg.arch, "num_classes": len(classes), "image_size": image_size, "head": head,
                     "dropout": cfg.dropout, "class_names": classes, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                     "library": "vgg16"}
-
     model = build_model(cfg.arch, len(classes), head=head, dropout=cfg.dropout)
     if cfg.pretrained or (cfg.evaluate and cfg.resume):
         _load_weights(cfg, model, len(classes), log)
     workers = default_workers(cfg.workers, accelerator.num_processes)
     train_loader, val_loader = build_loaders(train_set, val_set, batch_size=cfg.batch_size, workers=workers,
                                              seed=cfg.seed, pin_memory=accelerator.device.type != "cpu")
-    if len(train_loader) < cfg.grad_accum * accelerator.num_processes and not cfg.evaluate:
-        raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch "
-                         f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): lower --batch-size")
-    optimizer = build_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                nesterov=cfg.nesterov)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    steps_per_epoch = len(train_loader) // cfg.grad_accum
-    factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch, total_steps=epochs * steps_per_epoch,
-                       warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), step_size=cfg.lr_step_size,
-                       gamma=cfg.lr_gamma)
-    scheduler = build_scheduler(optimizer, factor)
-    normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device)
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
 
     for note in (*cfg.notes, *notes):
@@ -123,21 +109,41 @@ def run(cfg: TrainConfig) -> dict:
     log(f"{accelerator.num_processes} process(es) on {accelerator.device.type}, {accelerator.mixed_precision} precision, "
         f"global batch {global_batch} ({cfg.batch_size} x {accelerator.num_processes} x {cfg.grad_accum}), "
         f"{workers} workers per process")
-
     results = {"arch": cfg.arch, "dataset": dataset_name, "image_size": image_size, "head": head,
                "num_classes": len(classes), "train_images": len(train_set), "global_batch_size": global_batch,
                "per_process_batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "device": accelerator.device.type, "torch": torch.__version__, "accelerate": accelerate.__version__,
                "lr": cfg.lr, "seed": cfg.seed, "command": " ".join(sys.argv)}
+    normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device)
 
     if cfg.evaluate:
+        model, val_loader = accelerator.prepare(model, val_loader)
         metrics = evaluate(model, val_loader, accelerator, normalize, log=log)
         results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], val_images=metrics["count"],
                        val_loss=metrics["loss"], fps=0.0, epochs=0, steps=0, evaluated=cfg.resume or cfg.pretrained)
-        _finish(accelerator, output_dir, results, log)
-        return results
+    else:
+        if len(train_loader) < cfg.grad_accum * accelerator.num_processes:
+            raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch "
+                             f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
+                             "lower --batch-size")
+        optimizer = build_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    nesterov=cfg.nesterov)
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+        _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, model_config, results, log)
+    _finish(accelerator, output_dir, results, log)
+    return results
 
+
+def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, model_config: dict,
+         results: dict, log) -> None:
+    """The epoch loop: train, evaluate, checkpoint, export, update results (in place) after every epoch."""
+    output_dir = Path(cfg.output_dir)
+    steps_per_epoch = len(train_loader) // cfg.grad_accum
+    factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch,
+                       total_steps=cfg.epochs * steps_per_epoch, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                       step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)
+    scheduler = build_scheduler(optimizer, factor)
     start_epoch, global_step, best_acc1 = 0, 0, 0.0
     if cfg.resume:
         state = ckpt.load_training_state(accelerator, Path(cfg.resume), model, scheduler)
@@ -149,32 +155,29 @@ def run(cfg: TrainConfig) -> dict:
 
     meter = ThroughputMeter(lambda: _sync(accelerator))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    metrics, epoch, train_loss = {"acc1": 0.0, "acc5": 0.0, "count": 0, "loss": float("nan")}, start_epoch, float("nan")
     started = time.time()
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, cfg.epochs):
         remaining = cfg.stop_step_num - global_step if cfg.stop_step_num else steps_per_epoch
         if remaining <= 0:
             break
-        plan = EpochPlan(epoch, epochs, min(steps_per_epoch, remaining), cfg.print_freq)
-        train_set.set_epoch(epoch)
-        train_loader.set_epoch(epoch)
+        plan = EpochPlan(epoch, cfg.epochs, min(steps_per_epoch, remaining), cfg.print_freq)
+        train_loader.dataset.set_epoch(epoch)  # augmentation seeds
+        train_loader.set_epoch(epoch)  # shuffle order
         with _profiler(cfg, accelerator, output_dir, first=epoch == start_epoch) as profiler:
             stats = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, accelerator, normalize,
-                                    meter, plan, log, profiler, scaler_checks_nonfinite=accelerator.mixed_precision == "fp16")
+                                    meter, plan, log, profiler,
+                                    scaler_checks_nonfinite=accelerator.mixed_precision == "fp16")
         global_step += stats["steps"]
-        train_loss = stats["loss"]
         metrics = evaluate(model, val_loader, accelerator, normalize, log=log)
         best_acc1 = max(best_acc1, metrics["acc1"])
         ckpt.save_training_state(accelerator, output_dir / "checkpoints", epoch=epoch + 1, global_step=global_step,
                                  best_acc1=best_acc1, scheduler=scheduler, model_config=model_config)
         ckpt.export_model(accelerator, model, output_dir, model_config)
         results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], best_acc1=best_acc1, val_images=metrics["count"],
-                       val_loss=metrics["loss"], train_loss=train_loss, fps=meter.fps, epochs=epoch + 1,
+                       val_loss=metrics["loss"], train_loss=stats["loss"], fps=meter.fps, epochs=epoch + 1,
                        steps=global_step, train_seconds=round(time.time() - started, 1))
         if accelerator.is_main_process:
             ckpt.write_json(output_dir / "results.json", results)
-    _finish(accelerator, output_dir, results, log)
-    return results
 
 
 def _finish(accelerator, output_dir: Path, results: dict, log) -> None:
@@ -194,7 +197,7 @@ def _sync(accelerator) -> None:
 
 
 def _profiler(cfg: TrainConfig, accelerator, output_dir: Path, first: bool):
-    """--prof: a Chrome trace (chrome://tracing, Perfetto, TensorBoard) of steps 3-5 of the first epoch."""
+    """--prof: OUTPUT/profile/profile_<rank>.json, a Chrome trace (chrome://tracing, Perfetto) of steps 3-5."""
     if not (cfg.prof and first):
         return nullcontext()
     activities = ["cpu"] + (["cuda"] if accelerator.device.type == "cuda" else [])

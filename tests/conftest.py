@@ -1,0 +1,83 @@
+"""Small real datasets made on the spot, in every layout the trainer reads, and a helper to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def class_image(label: int, rng: np.random.Generator, size=(40, 30)) -> np.ndarray:
+    """A learnable picture: class k is a bright bar at a class-specific position, plus noise."""
+    w, h = size
+    img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    x0 = (label * w) // 4
+    img[:, x0:x0 + w // 4, label % 3] = 255
+    return img
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "eel"), n_train=8, n_val=4, size=(40, 30), seed=0,
+                      val_name="val") -> Path:
+    """ImageNet layout with images in several modes and formats (RGB JPEG, L PNG, RGBA PNG, P PNG, CMYK JPEG)."""
+    rng = np.random.default_rng(seed)
+    modes = [("RGB", ".jpg"), ("L", ".png"), ("RGBA", ".png"), ("P", ".png"), ("CMYK", ".jpg")]
+    for split, n in (("train", n_train), (val_name, n_val)):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                mode, ext = modes[i % len(modes)]
+                Image.fromarray(class_image(label, rng, size)).convert(mode).save(folder / f"{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "imgs")
+
+
+@pytest.fixture
+def cifar_batches(tmp_path: Path) -> Path:
+    """cifar-10-batches-py as the python tarball unpacks it, 10 classes, few images."""
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names, b"num_vis": 3072}, f)
+    for name, n in (("data_batch_1", 20), ("data_batch_2", 20), ("test_batch", 10)):
+        labels = [i % 10 for i in range(n)]
+        data = np.stack([class_image(k, rng, (32, 32)).transpose(2, 0, 1).reshape(-1) for k in labels])
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, f)
+    return folder.parent
+
+
+def run_cli(*args: str, launcher: tuple = ("accelerate", "launch", "--num_processes", "1"), env=None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run train_vgg16.py as a user would, through `accelerate launch` unless launcher=() (plain python)."""
+    bin_dir = Path(sys.executable).parent
+    cmd = [*([str(bin_dir / launcher[0]), *launcher[1:]] if launcher else [sys.executable]), str(ROOT / "train_vgg16.py"), *args]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; in-process runs with other settings need it cleared (as
+    Accelerate's own tests do)."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

@@ -1,0 +1,110 @@
+import glob
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
+from conftest import ROOT, run_cli
+
+from vgg16.cli import parse_args
+from vgg16.config import RECIPES, TrainConfig
+from vgg16.errors import UsageError
+from vgg16.runner import main
+
+
+def test_old_spellings_are_aliases():
+    cfg = parse_args(["--data_path", "/x", "--a", "vgg19", "--learning-rate", "0.2", "--mom", "0.8",
+                      "--weight-decay", "0.001", "--epoch", "3", "-b", "16", "-j", "3", "-p", "7", "--seed", "1"])
+    assert (cfg.data, cfg.arch, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.batch_size, cfg.workers,
+            cfg.print_freq, cfg.seed) == ("/x", "vgg19", 0.2, 0.8, 0.001, 3, 16, 3, 7, 1)
+
+
+def test_recipe_defaults_depend_on_the_data():
+    imagenet = parse_args(["--data", "/x"])
+    assert (imagenet.arch, imagenet.lr, imagenet.epochs, imagenet.weight_decay, imagenet.batch_size,
+            imagenet.lr_scheduler, imagenet.seed) == ("vgg16", 0.01, 90, 1e-4, 32, "step", 49)
+    digits = parse_args([])
+    assert all(getattr(digits, k) == v for k, v in RECIPES["digits"].items())
+    assert parse_args(["--lr", "0.3"]).lr == 0.3  # an explicit value always wins
+
+
+def test_amp_flags_map_to_accelerate_precision():
+    assert parse_args(["--amp"]).mixed_precision == "fp16"
+    assert parse_args(["--amp", "--loss-scale", "128"]).loss_scale == 128.0
+    assert parse_args(["--amp", "--loss-scale", "dynamic"]).loss_scale is None
+    o2 = parse_args(["--amp", "--opt-level", "O2"])
+    assert o2.mixed_precision == "fp16" and "O2" in o2.notes[0] and "fp32 weights" in o2.notes[0]
+    assert parse_args(["--opt-level", "O0"]).mixed_precision == "no"
+    with pytest.raises(UsageError, match="keep one"):
+        parse_args(["--amp", "--mixed-precision", "bf16"])
+    with pytest.raises(UsageError, match="only applies to fp16"):
+        parse_args(["--mixed-precision", "bf16", "--loss-scale", "64"])
+
+
+@pytest.mark.parametrize("flags, replacement", [
+    (["--world-size", "2"], "--num_machines"),
+    (["--rank", "1"], "--machine_rank"),
+    (["--dist-url", "tcp://1.2.3.4:2345"], "--main_process_port"),
+    (["--addr", "1.2.3.4"], "--main_process_ip"),
+    (["--dist-backend", "hccl"], "hccl on NPU"),
+    (["--multiprocessing-distributed"], "gpu_8p.yaml"),
+    (["--device-list", "0,1"], "--gpu_ids"),
+])
+def test_old_distributed_flags_name_their_replacement(flags, replacement):
+    with pytest.raises(UsageError, match=replacement):
+        parse_args(flags)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-a", "resnet18"], "invalid choice"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--image-size", "16"], "at least 32"),
+    (["--data", "/no/such/folder"], "no such file or directory"),
+    (["--evaluate"], "--evaluate needs weights"),
+    (["--resume", "/no/such/ckpt", "--epochs", "1"], "no such checkpoint folder"),
+    (["--pretrained", "weights.pth"], "no such file"),
+    (["--device", "gpu"], "--device gpu, but this launch runs on cpu"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
+    code = main([*args, "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_folder_without_train_and_unwritable_output(tmp_path, capsys):
+    (tmp_path / "data" / "val" / "a").mkdir(parents=True)
+    assert main(["--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "no train/ folder" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["--output-dir", str(blocker / "sub"), "--epochs", "1"]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_entry_point_prints_no_traceback(tmp_path):
+    done = run_cli("--data", str(tmp_path / "missing"), launcher=())
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: --data {tmp_path / 'missing'}: no such file or directory"]
+
+
+def test_config_checks_its_values_directly():
+    with pytest.raises(UsageError, match="unknown arch"):
+        TrainConfig(arch="vgg17")
+    with pytest.raises(UsageError, match="exclude each other"):
+        TrainConfig(data="/x", dataset="synthetic")
+
+
+def test_every_accelerate_config_loads_with_accelerates_loader():
+    files = sorted(glob.glob(str(ROOT / "accelerate_configs" / "*.yaml")))
+    names = {f.rsplit("/", 1)[1] for f in files}
+    assert {"gpu_1p.yaml", "gpu_8p.yaml", "npu_1p.yaml", "npu_8p.yaml"} <= names
+    for f in files:
+        cfg = load_config_from_file(f)
+        assert isinstance(cfg.distributed_type, DistributedType), f  # 'NO' stayed a string, not False
+        if "gpu" in f:
+            assert cfg.mixed_precision == "bf16"
+        if "npu" in f:
+            assert cfg.mixed_precision == "fp16"  # the 910A has no bf16
+        if "8p" in f:
+            assert cfg.num_processes == 8 and cfg.distributed_type.value.startswith("MULTI_")

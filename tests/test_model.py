@@ -1,0 +1,58 @@
+import pytest
+import torch
+from torchvision import models
+
+from vgg16.config import ARCHS
+from vgg16.errors import UsageError
+from vgg16.model import build_model, check_state_dict, count_parameters, head_for, replace_classifier
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_imagenet_head_has_torchvisions_keys_and_shapes(arch):
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        ours = build_model(arch, 17, head="imagenet").state_dict()
+        theirs = getattr(models, arch)(num_classes=17).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+def test_outputs_match_torchvision_on_the_same_weights_both_ways():
+    torch.manual_seed(0)
+    reference = models.vgg11_bn(num_classes=5).eval()
+    ours = build_model("vgg11_bn", 5, head="imagenet").eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(ours(x), reference(x))
+    back = models.vgg11_bn(num_classes=5).eval()
+    back.load_state_dict(ours.state_dict(), strict=True)
+    torch.testing.assert_close(back(x), reference(x))
+
+
+def test_small_head_is_about_15m_parameters_for_vgg16():
+    assert head_for(32) == "small" and head_for(63) == "small" and head_for(64) == "imagenet"
+    small = build_model("vgg16", 10, head="small")
+    assert 14.5e6 < count_parameters(small) < 15.5e6
+    with torch.device("meta"):
+        big = build_model("vgg16", 10, head="imagenet")
+    assert count_parameters(big) > 130e6
+    # Keys keep torchvision's classifier layout, so replacing the last layer works the same way.
+    assert small.state_dict()["classifier.6.weight"].shape == (10, 512)
+
+
+def test_every_parameter_gets_a_gradient_with_an_odd_class_count():
+    model = build_model("vgg11_bn", 7, head="small", dropout=0.0)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_replace_classifier_and_shape_check():
+    model = build_model("vgg11", 10, head="small")
+    other = build_model("vgg11", 3, head="small").state_dict()
+    with pytest.raises(UsageError, match="classifier.6.weight"):
+        check_state_dict(model, other, "weights")
+    replace_classifier(model, 3)
+    check_state_dict(model, other, "weights")  # now fits
+    with pytest.raises(UsageError, match="missing"):
+        check_state_dict(model, {k: v for k, v in other.items() if "features.0" not in k}, "weights")
