@@ -68,6 +68,25 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:
                          "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`")
 
 
+def use_cpu_cores(accelerator: Accelerator):
+    """On CPU, give each process its share of the cores; return a note when that changed the thread count.
+
+    `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves training speed on a 2-core
+    machine with one process (measured: 57 against 115 images/s on the embedded digits). We cannot tell that 1
+    from a user's own choice, so `--num_cpu_threads_per_process 1` is overridden too; any other value is kept.
+    """
+    if accelerator.device.type != "cpu":
+        return None
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    share = max(1, (os.cpu_count() or 1) // max(1, local))
+    launched_by_accelerate = "ACCELERATE_DYNAMO_BACKEND" in os.environ
+    if launched_by_accelerate and os.environ.get("OMP_NUM_THREADS") == "1" and torch.get_num_threads() < share:
+        torch.set_num_threads(share)
+        return (f"accelerate launch set OMP_NUM_THREADS=1; using {share} CPU threads per process "
+                "(this machine's cores / local processes)")
+    return None
+
+
 def default_workers(requested, num_processes: int) -> int:
     """--workers, or this machine's CPUs shared among its processes (at most 8 each)."""
     if requested is not None:

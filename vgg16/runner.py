@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, SyntheticImages, build_loaders, eval_transform, train_transform
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, evaluate, train_one_epoch
 from .errors import UsageError
-from .launch import default_workers, make_accelerator
+from .launch import default_workers, make_accelerator, use_cpu_cores
 from .metrics import ThroughputMeter
 from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of, replace_classifier
 from .optim import build_optimizer, build_scheduler, lr_factor, position_scheduler
@@ -102,7 +102,8 @@ def run(cfg: TrainConfig) -> dict:
                                              seed=cfg.seed, pin_memory=accelerator.device.type != "cpu")
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
 
-    for note in (*cfg.notes, *notes):
+    threads_note = use_cpu_cores(accelerator)
+    for note in (*cfg.notes, *notes, *([threads_note] if threads_note else [])):
         log(f"note: {note}")
     log(f"{cfg.arch} ({head} head, {count_parameters(model) / 1e6:.1f}M parameters) on {dataset_name}: "
         f"{len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, {image_size} px")
