@@ -108,3 +108,15 @@ def test_every_accelerate_config_loads_with_accelerates_loader():
             assert cfg.mixed_precision == "fp16"  # the 910A has no bf16
         if "8p" in f:
             assert cfg.num_processes == 8 and cfg.distributed_type.value.startswith("MULTI_")
+        if "2node" in f:
+            assert (cfg.num_machines, cfg.num_processes, cfg.main_process_port) == (2, 16, 29500)
+            assert cfg.main_process_ip and cfg.rdzv_backend == "static"
+    assert {"gpu_2node.yaml", "npu_2node.yaml"} <= names
+
+
+def test_which_ascend_chips_have_bf16():
+    from vgg16.launch import npu_supports_bf16
+
+    assert npu_supports_bf16("Ascend910B2") and npu_supports_bf16("Ascend910B4") and npu_supports_bf16("Ascend910_9391")
+    assert not any(map(npu_supports_bf16, ["Ascend910A", "Ascend910ProA", "Ascend910PremiumA", "Ascend910ProB",
+                                           "Ascend310P3"]))

@@ -87,16 +87,11 @@ def test_224px_export_loads_into_torchvision_strict(tmp_path):
     model.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
 
 
-def test_every_validation_image_counts_once_with_1_and_2_processes(trained, tmp_path):
-    """33 validation images: neither batch 4 nor 4 x 2 processes divides it, so Accelerate pads the last batch."""
-    _, out, _ = trained
-    data = make_image_folder(tmp_path / "d33", n_train=2, n_val=11, seed=5)
-    args = ["--data", str(data), *SMALL, "-b", "4", "--evaluate", "--pretrained", str(out), "-j", "0"]
-    _ok(run_cli(*args, "--output-dir", str(tmp_path / "p1")))
-    _ok(run_cli(*args, "--output-dir", str(tmp_path / "p2"),
-                launcher=("accelerate", "launch", "--multi_gpu", "--num_processes", "2"),
-                env={"ACCELERATE_USE_CPU": "1"}))
-    one, two = _results(tmp_path / "p1"), _results(tmp_path / "p2")
-    assert two["num_processes"] == 2 and one["num_processes"] == 1
-    assert one["val_images"] == two["val_images"] == 33
-    assert (one["acc1"], one["acc5"]) == (two["acc1"], two["acc5"])
+def test_lr_scale_by_batch_uses_the_linear_rule(tmp_path):
+    from vgg16.runner import main
+
+    args = ["--dataset", "synthetic", "--num-classes", "3", "--image-size", "32", "-a", "vgg11", "-b", "4",
+            "--grad-accum", "2", "--lr", "0.1", "--stop-step-num", "1", "-j", "0", "--output-dir", str(tmp_path)]
+    assert main([*args, "--lr-scale-by-batch"]) == 0
+    r = _results(tmp_path)
+    assert (r["global_batch_size"], r["base_lr"], r["lr"]) == (8, 0.1, pytest.approx(0.1 * 8 / 256))

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-b", "--batch-size", type=int, help="per process (default 32; 64 on the embedded digits)")
     o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     o.add_argument("--lr", "--learning-rate", dest="lr", type=float, help="default 0.01 (0.05 on the embedded digits)")
+    o.add_argument("--lr-scale-by-batch", action="store_true",
+                   help="linear scaling rule: the lr used is --lr x global batch / 256 (printed at start)")
     o.add_argument("--momentum", "--mom", dest="momentum", type=float, default=0.9)
     o.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float,
                    help="default 1e-4 (5e-4 on the embedded digits)")
@@ -145,7 +147,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         data=ns.data, dataset=ns.dataset, num_classes=ns.num_classes, image_size=ns.image_size, hflip=ns.hflip, workers=ns.workers,
         arch=ns.arch, dropout=ns.dropout, pretrained=ns.pretrained,
         epochs=ns.epochs, start_epoch=ns.start_epoch, batch_size=ns.batch_size, grad_accum=ns.grad_accum,
-        lr=ns.lr, momentum=ns.momentum, weight_decay=ns.weight_decay, nesterov=ns.nesterov,
+        lr=ns.lr, lr_scale_by_batch=ns.lr_scale_by_batch, momentum=ns.momentum, weight_decay=ns.weight_decay, nesterov=ns.nesterov,
         lr_scheduler=ns.lr_scheduler, lr_step_size=ns.lr_step_size, lr_gamma=ns.lr_gamma,
         warmup_epochs=ns.warmup_epochs, label_smoothing=ns.label_smoothing, seed=ns.seed,
         mixed_precision=mixed_precision, loss_scale=loss_scale, device=ns.device, deterministic=ns.deterministic,

@@ -62,6 +62,8 @@ class TrainConfig:
     """Per process. The global batch is batch_size x processes x grad_accum."""
     grad_accum: int = 1
     lr: Optional[float] = None
+    lr_scale_by_batch: bool = False
+    """Linear scaling rule: use lr x global_batch / 256."""
     momentum: float = 0.9
     weight_decay: Optional[float] = None
     nesterov: bool = False

@@ -7,7 +7,7 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradScalerKwargs
+from accelerate.utils import DataLoaderConfiguration, GradScalerKwargs, gather_object
 
 from .config import TrainConfig
 from .errors import UsageError
@@ -59,6 +59,12 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:
     if cfg.loss_scale is not None and accelerator.mixed_precision != "fp16":
         raise UsageError(f"--loss-scale applies to fp16, but this run uses {accelerator.mixed_precision}: "
                          "add --mixed-precision fp16 (or --amp), or drop --loss-scale")
+    if accelerator.device.type == "npu" and accelerator.mixed_precision == "bf16":
+        # Accelerate accepts bf16 on any NPU, but the 910A family has no bf16 units. torch.npu exists once
+        # Accelerate has imported torch_npu; naming the chip needs this one device-specific call.
+        name = torch.npu.get_device_name(accelerator.device)  # type: ignore[attr-defined]
+        if not npu_supports_bf16(name):
+            raise UsageError(f"{name} has no bf16: use --mixed-precision fp16 (accelerate_configs/npu_*.yaml do)")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         # Seen with `accelerate launch` + a YAML that says use_cpu and MULTI_GPU: N processes that each train
@@ -66,6 +72,20 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:
         raise UsageError(f"launched as {launched} processes but the process group has {accelerator.num_processes}: "
                          "the processes would train separate models. On CPU launch with "
                          "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`")
+
+
+def npu_supports_bf16(device_name: str) -> bool:
+    """Ascend 910B/910C (names Ascend910B*, Ascend910_93*) have bf16; the first 910s (910A, 910ProA,
+    910PremiumA, 910ProB) and the 310 series do not."""
+    name = device_name.replace(" ", "")
+    return name.startswith(("Ascend910B", "Ascend910_9"))
+
+
+def assert_processes_agree(accelerator: Accelerator, what: str, value) -> None:
+    """Stop if the processes hold different values (e.g. the epoch and step a resume starts at)."""
+    values = gather_object([value])
+    if any(v != values[0] for v in values):
+        raise UsageError(f"the processes disagree on {what}: {values}; are they reading the same checkpoint?")
 
 
 def use_cpu_cores(accelerator: Accelerator):

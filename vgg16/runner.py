@@ -22,11 +22,15 @@ from .config import TrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, SyntheticImages, build_loaders, eval_transform, train_transform
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, evaluate, train_one_epoch
 from .errors import UsageError
-from .launch import default_workers, make_accelerator, use_cpu_cores
+from .launch import assert_processes_agree, default_workers, make_accelerator, use_cpu_cores
 from .metrics import ThroughputMeter
 from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of, replace_classifier
 from .optim import build_optimizer, build_scheduler, lr_factor, position_scheduler
 from .sources import load_source
+
+
+# The linear scaling rule (Goyal et al. 2017): lr grows with the global batch, relative to a batch of 256.
+LR_REFERENCE_BATCH = 256
 
 
 def _check_output_dir(path: Path) -> None:
@@ -101,6 +105,7 @@ def run(cfg: TrainConfig) -> dict:
     train_loader, val_loader = build_loaders(train_set, val_set, batch_size=cfg.batch_size, workers=workers,
                                              seed=cfg.seed, pin_memory=accelerator.device.type != "cpu")
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
+    lr = cfg.lr * global_batch / LR_REFERENCE_BATCH if cfg.lr_scale_by_batch else cfg.lr
 
     threads_note = use_cpu_cores(accelerator)
     for note in (*cfg.notes, *notes, *([threads_note] if threads_note else [])):
@@ -110,12 +115,14 @@ def run(cfg: TrainConfig) -> dict:
     log(f"{accelerator.num_processes} process(es) on {accelerator.device.type}, {accelerator.mixed_precision} precision, "
         f"global batch {global_batch} ({cfg.batch_size} x {accelerator.num_processes} x {cfg.grad_accum}), "
         f"{workers} workers per process")
+    log(f"lr {lr:g}" + (f" (--lr {cfg.lr:g} x global batch {global_batch} / {LR_REFERENCE_BATCH}, linear scaling)"
+                        if cfg.lr_scale_by_batch else ""))
     results = {"arch": cfg.arch, "dataset": dataset_name, "image_size": image_size, "head": head,
                "num_classes": len(classes), "train_images": len(train_set), "global_batch_size": global_batch,
                "per_process_batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "device": accelerator.device.type, "torch": torch.__version__, "accelerate": accelerate.__version__,
-               "lr": cfg.lr, "seed": cfg.seed, "command": " ".join(sys.argv)}
+               "lr": lr, "base_lr": cfg.lr, "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "command": " ".join(sys.argv)}
     normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device)
 
     if cfg.evaluate:
@@ -128,7 +135,7 @@ def run(cfg: TrainConfig) -> dict:
             raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch "
                              f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
                              "lower --batch-size")
-        optimizer = build_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     nesterov=cfg.nesterov)
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
         _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, model_config, results, log)
@@ -150,6 +157,7 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
         state = ckpt.load_training_state(accelerator, Path(cfg.resume), model, scheduler)
         start_epoch, global_step, best_acc1 = state["epoch"], state["global_step"], state["best_acc1"]
         log(f"resumed from {cfg.resume}: {start_epoch} epoch(s) and {global_step} step(s) done")
+        assert_processes_agree(accelerator, "the epoch and step to resume at", (start_epoch, global_step))
     if cfg.start_epoch is not None:
         start_epoch, global_step = cfg.start_epoch, cfg.start_epoch * steps_per_epoch
         position_scheduler(scheduler, global_step)

@@ -1,0 +1,129 @@
+"""Several processes (gloo on CPU) train and evaluate one model, equal to a single-process run.
+
+Launched as users launch: `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+import torch
+from conftest import ROOT, make_image_folder, run_cli
+from safetensors.torch import load_file
+
+CPU = {"ACCELERATE_USE_CPU": "1"}
+# No batch norm, no dropout: a 2 x b run must then match a 1 x 2b run up to float summation order.
+PLAIN = ["-a", "vgg11", "--dropout", "0", "--image-size", "32", "--lr", "0.02", "-j", "0", "-p", "1"]
+
+
+def launcher(n):
+    return ("accelerate", "launch", "--multi_gpu", "--num_processes", str(n)) if n > 1 else \
+        ("accelerate", "launch", "--num_processes", "1")
+
+
+def _ok(done):
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def _weights_close(a, b, exact=False):
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        if exact:
+            assert torch.equal(wa[k], wb[k]), k
+        else:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("d") / "imgs")
+
+
+@pytest.fixture(scope="module")
+def two_process_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("p2")
+    done = _ok(run_cli("--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(out),
+                       launcher=launcher(2), env=CPU))
+    return out, done
+
+
+def test_two_processes_train_the_same_model_as_one_with_twice_the_batch(data, two_process_run, tmp_path):
+    out2, done = two_process_run
+    _ok(run_cli("--data", str(data), *PLAIN, "-b", "8", "--epochs", "2", "--output-dir", str(tmp_path)))
+    r1, r2 = _results(tmp_path), _results(out2)
+    assert (r2["num_processes"], r2["global_batch_size"], r2["per_process_batch_size"]) == (2, 8, 4)
+    assert (r1["num_processes"], r1["global_batch_size"], r1["steps"]) == (1, 8, r2["steps"])
+    _weights_close(tmp_path, out2)
+
+
+def test_only_the_main_process_writes_and_prints(two_process_run):
+    out, done = two_process_run
+    assert done.stdout.count("Acc@1") == 1 and done.stdout.count("validation:") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "model.safetensors", "results.json"]
+    ckpt = out / "checkpoints" / "epoch_0002"
+    assert {p.name for p in ckpt.glob("random_states_*")} == {"random_states_0.pkl", "random_states_1.pkl"}
+
+
+def test_two_process_resume_matches_the_uninterrupted_run(data, two_process_run, tmp_path):
+    out, _ = two_process_run
+    done = _ok(run_cli("--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(tmp_path),
+                       "--resume", str(out / "checkpoints" / "epoch_0001"), launcher=launcher(2), env=CPU))
+    assert done.stdout.count("resumed from") == 1
+    _weights_close(tmp_path, out, exact=True)
+
+
+def test_evaluation_counts_each_of_101_images_once_with_1_2_and_3_processes(two_process_run, tmp_path):
+    out, _ = two_process_run
+    val = make_image_folder(tmp_path / "v", n_train=1, n_val=34, seed=9)
+    sorted((val / "val" / "eel").iterdir())[-1].unlink()  # 101 images: no batch x process count divides it
+    figures = []
+    for n in (1, 2, 3):
+        dest = tmp_path / f"e{n}"
+        _ok(run_cli("--data", str(val), *PLAIN, "-b", "4", "--evaluate", "--pretrained", str(out),
+                    "--output-dir", str(dest), launcher=launcher(n), env=CPU))
+        r = _results(dest)
+        assert r["num_processes"] == n
+        figures.append((r["val_images"], r["acc1"], r["acc5"], round(r["val_loss"], 5)))
+    assert figures[0][0] == 101
+    assert figures[0] == figures[1] == figures[2]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_on_localhost_form_one_job(data, two_process_run, tmp_path):
+    out2, _ = two_process_run
+    port = str(_free_port())
+    env = {**os.environ, **CPU, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    accelerate = str(ROOT / ".venv" / "bin" / "accelerate") if (ROOT / ".venv").exists() else "accelerate"
+    procs = [subprocess.Popen(
+        [accelerate, "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+         "--main_process_ip", "127.0.0.1", "--main_process_port", port, str(ROOT / "train_vgg16.py"),
+         "--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT) for rank in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert _results(tmp_path)["num_processes"] == 2
+    _weights_close(tmp_path, out2, exact=True)  # the same job as the single-machine 2-process run
+
+
+def test_a_launch_that_falls_back_to_separate_processes_fails(data, tmp_path):
+    """`use_cpu: true` with MULTI_GPU starts 2 processes that each run alone; the run must refuse."""
+    config = tmp_path / "bad.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
+                      "num_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n")
+    done = run_cli("--data", str(data), *PLAIN, "-b", "4", "--epochs", "1", "--output-dir", str(tmp_path / "o"),
+                   launcher=("accelerate", "launch", "--config_file", str(config)))
+    assert done.returncode != 0
+    assert "train separate models" in done.stderr
