@@ -13,8 +13,8 @@ def _sets(root, size=32, small=True):
 
 def test_presets_give_uint8_at_the_requested_size(image_folder):
     train, val = _sets(image_folder, size=32, small=True)
-    x, y = train[0]
-    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and isinstance(y, int)
+    x, y, bad = train[0]
+    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and isinstance(y, int) and bad == 0
     train, val = _sets(image_folder, size=72, small=False)  # ImageNet recipe, scaled: crop 72, eval resize 82
     assert train[1][0].shape == (3, 72, 72) and val[1][0].shape == (3, 72, 72)
     t = eval_transform(image_size=224, small=False)
@@ -43,7 +43,7 @@ def test_batches_do_not_depend_on_worker_count(image_folder):
         loader, _ = build_loaders(train, train, batch_size=4, workers=workers, seed=3, pin_memory=False)
         return [b for b, _ in zip(loader, range(3))]
 
-    for (x0, y0), (x2, y2) in zip(first_batches(0), first_batches(2)):
+    for (x0, y0, _), (x2, y2, _) in zip(first_batches(0), first_batches(2)):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
 
 
@@ -61,5 +61,5 @@ def test_epoch_reaches_persistent_workers(image_folder):
 
 def test_synthetic_images():
     ds = SyntheticImages(1000, image_size=48, num_classes=7, seed=0)
-    x, y = ds[9]
+    x, y, _ = ds[9]
     assert x.shape == (3, 48, 48) and x.dtype == torch.uint8 and y == 9 % 7 and len(ds) == 1000

@@ -34,23 +34,55 @@ def write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, *, epoch: int, global_step: int,
-                        best_acc1: float, scheduler, model_config: dict, keep: int = 2) -> Path:
-    """Save after `epoch` epochs (1-based count of finished epochs); keep the newest `keep` checkpoints."""
-    final = checkpoints_dir / f"epoch_{epoch:04d}"
-    tmp = checkpoints_dir / f".tmp_epoch_{epoch:04d}"
+def list_checkpoints(checkpoints_dir: Path) -> list:
+    """Complete checkpoints (those with a readable trainer_state.json), oldest first by optimizer step."""
+    found = []
+    for path in Path(checkpoints_dir).glob("*"):
+        if path.name.startswith(".") or not path.is_dir():
+            continue  # .tmp_*: a save that never finished
+        try:
+            found.append((json.loads((path / TRAINER_STATE).read_text())["global_step"], path.name, path))
+        except (OSError, ValueError, KeyError):
+            continue
+    return [p for _, _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    found = list_checkpoints(Path(output_dir) / "checkpoints")
+    return found[-1] if found else None
+
+
+def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: dict, *, name: str,
+                        keep: int = 2) -> Path:
+    """Save the full training state plus `state` (trainer_state.json) as checkpoints_dir/name.
+
+    Written to .tmp_<name> and renamed when complete, so a kill or a full disk leaves the previous checkpoints as
+    they were; then all but the newest `keep` are deleted (never the one just written).
+    """
+    final, tmp = checkpoints_dir / name, checkpoints_dir / f".tmp_{name}"
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))  # every process writes its RNG state; the main one the rest
+        if accelerator.is_main_process:
+            write_json(tmp / TRAINER_STATE, state)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.replace(final)
+    except OSError as e:
+        # A full disk or a vanished mount. In a multi-process run the other processes then wait at the next
+        # barrier until the process group times out; the message below is what matters.
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(checkpoints_dir.parent)
+        raise UsageError(f"could not write checkpoint {final} ({e.strerror or e}); "
+                         + (f"the previous checkpoint {previous} is intact; " if previous else "")
+                         + "free some space or choose another --output-dir, then --resume auto") from None
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its RNG state; the main one the rest
-    if accelerator.is_main_process:
-        write_json(tmp / TRAINER_STATE, {"epoch": epoch, "global_step": global_step, "best_acc1": best_acc1,
-                                          "scheduler": scheduler.state_dict(), "model": model_config})
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.replace(final)
-        for old in sorted(checkpoints_dir.glob("epoch_*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in list_checkpoints(checkpoints_dir)[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
@@ -58,7 +90,8 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, *, epoc
 def read_trainer_state(checkpoint: Path) -> dict:
     path = Path(checkpoint)
     if not path.is_dir():
-        raise UsageError(f"--resume {checkpoint}: no such checkpoint folder (give OUTPUT/checkpoints/epoch_NNNN)")
+        raise UsageError(f"--resume {checkpoint}: no such checkpoint folder (give OUTPUT/checkpoints/epoch_NNNN, "
+                         "or --resume auto for the newest in --output-dir)")
     try:
         return json.loads((path / TRAINER_STATE).read_text())
     except FileNotFoundError:
@@ -91,10 +124,23 @@ def read_weights(path: Path) -> dict:
 
 
 def export_model(accelerator: Accelerator, model: nn.Module, output_dir: Path, model_config: dict) -> None:
-    """model.safetensors with torchvision's keys and config.json: a folder torchvision and the hub accept."""
-    accelerator.save_model(model, str(output_dir), safe_serialization=True)
-    if accelerator.is_main_process:
-        write_json(output_dir / MODEL_CONFIG, model_config)
+    """model.safetensors with torchvision's keys and config.json: a folder torchvision and the hub accept.
+
+    Written beside and then renamed over the previous export, so a kill never leaves half a weights file."""
+    tmp = output_dir / ".tmp_export"
+    try:
+        accelerator.save_model(model, str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            write_json(tmp / MODEL_CONFIG, model_config)
+            for f in tmp.iterdir():
+                f.replace(output_dir / f.name)
+            tmp.rmdir()
+    except OSError as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise UsageError(f"could not write the model to {output_dir} ({e.strerror or e}); the previous export and "
+                         "checkpoints are intact: free some space, then --resume auto") from None
+    accelerator.wait_for_everyone()
 
 
 def resolve_pretrained(spec: str) -> tuple[dict, Optional[dict]]:

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--num-classes", type=int, help="class count for --dataset synthetic (default 1000)")
     d.add_argument("--image-size", type=int, help="training crop (default 224; 32 for images below 64 px)")
     d.add_argument("--hflip", type=float, help="horizontal flip probability (default 0.5; 0 on the embedded digits)")
+    d.add_argument("--strict-data", action="store_true",
+                   help="stop at the first unreadable image (default: skip it, warn once, count it in results.json)")
     d.add_argument("-j", "--workers", type=int, help="data loading workers per process (default: CPUs / processes, max 8)")
 
     m = p.add_argument_group("model")
@@ -92,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", default="./output")
     r.add_argument("-p", "--print-freq", type=int, default=10, help="log every N optimizer steps")
     r.add_argument("-e", "--evaluate", action="store_true", help="only evaluate --resume or --pretrained weights")
-    r.add_argument("--resume", metavar="CHECKPOINT_DIR", help="a checkpoints/epoch_N folder written by a run")
+    r.add_argument("--resume", metavar="CHECKPOINT_DIR|auto",
+                   help="a checkpoints/... folder written by a run, or auto: the newest in --output-dir")
+    r.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints to keep (default 2)")
+    r.add_argument("--checkpoint-every", type=int, metavar="N", help="also save every N optimizer steps")
     r.add_argument("--stop-step-num", type=int, help="stop training after N optimizer steps")
     r.add_argument("--prof", action="store_true", help="write a profiler trace of a few steps to OUTPUT/profile")
     r.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -144,13 +149,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         except ValueError:
             raise UsageError(f"--loss-scale takes a number or 'dynamic' (got {ns.loss_scale!r})") from None
     return TrainConfig(
-        data=ns.data, dataset=ns.dataset, num_classes=ns.num_classes, image_size=ns.image_size, hflip=ns.hflip, workers=ns.workers,
+        data=ns.data, dataset=ns.dataset, num_classes=ns.num_classes, image_size=ns.image_size, hflip=ns.hflip, strict_data=ns.strict_data, workers=ns.workers,
         arch=ns.arch, dropout=ns.dropout, pretrained=ns.pretrained,
         epochs=ns.epochs, start_epoch=ns.start_epoch, batch_size=ns.batch_size, grad_accum=ns.grad_accum,
         lr=ns.lr, lr_scale_by_batch=ns.lr_scale_by_batch, momentum=ns.momentum, weight_decay=ns.weight_decay, nesterov=ns.nesterov,
         lr_scheduler=ns.lr_scheduler, lr_step_size=ns.lr_step_size, lr_gamma=ns.lr_gamma,
         warmup_epochs=ns.warmup_epochs, label_smoothing=ns.label_smoothing, seed=ns.seed,
         mixed_precision=mixed_precision, loss_scale=loss_scale, device=ns.device, deterministic=ns.deterministic,
-        output_dir=ns.output_dir, print_freq=ns.print_freq, evaluate=ns.evaluate, resume=ns.resume,
+        output_dir=ns.output_dir, print_freq=ns.print_freq, evaluate=ns.evaluate, resume=ns.resume, keep_checkpoints=ns.keep_checkpoints,
+        checkpoint_every=ns.checkpoint_every,
         stop_step_num=ns.stop_step_num, prof=ns.prof, debug=ns.debug, notes=notes,
     ).with_recipe_defaults()

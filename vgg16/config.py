@@ -45,6 +45,8 @@ class TrainConfig:
     hflip: Optional[float] = None
     """Probability of a horizontal flip in training; default 0.5, 0 on the embedded digits (mirrored digits are
     not digits)."""
+    strict_data: bool = False
+    """Stop at the first unreadable image instead of skipping and counting it."""
     workers: Optional[int] = None
     """DataLoader workers per process; default: the CPUs divided among the local processes, at most 8."""
 
@@ -89,6 +91,10 @@ class TrainConfig:
     print_freq: int = 10
     evaluate: bool = False
     resume: Optional[str] = None
+    """A checkpoint folder, or 'auto' for the newest complete one in output_dir (fresh start if none)."""
+    keep_checkpoints: int = 2
+    checkpoint_every: Optional[int] = None
+    """Also save every N optimizer steps (mid-epoch), besides each epoch's end."""
     stop_step_num: Optional[int] = None
     prof: bool = False
     debug: bool = False
@@ -128,6 +134,9 @@ class TrainConfig:
         need(self.print_freq >= 1, f"--print-freq must be at least 1 (got {self.print_freq})")
         need(self.stop_step_num is None or self.stop_step_num >= 1,
              f"--stop-step-num must be at least 1 (got {self.stop_step_num})")
+        need(self.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1 (got {self.keep_checkpoints})")
+        need(self.checkpoint_every is None or self.checkpoint_every >= 1,
+             f"--checkpoint-every must be at least 1 (got {self.checkpoint_every})")
         need(self.mixed_precision is None or self.mixed_precision in PRECISIONS,
              f"unknown --mixed-precision {self.mixed_precision!r}: use no, fp16 or bf16")
         need(self.loss_scale is None or self.loss_scale > 0, f"--loss-scale must be positive (got {self.loss_scale})")

@@ -7,11 +7,17 @@ into normalised floats.
 
 from __future__ import annotations
 
+import io
+import sys
+
+import datasets
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+
+from .errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,15 +59,40 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 2_147_483_647 + index) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-class AugmentedDataset(Dataset):
-    """Wraps a datasets.Dataset: decode to RGB, transform with a per-sample seed, return (uint8 CHW, label)."""
+# What PIL raises for truncated, empty or non-image files (UnidentifiedImageError is an OSError).
+BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+MAX_REPLACEMENTS = 16
 
-    def __init__(self, data, transform, seed: int):
-        self.data = data
+
+def open_image(raw: dict) -> Image.Image:
+    """Decode a datasets.Image value stored undecoded ({'bytes', 'path'}) fully, so a bad file fails here."""
+    source = io.BytesIO(raw["bytes"]) if raw.get("bytes") else raw["path"]
+    image = Image.open(source)
+    image.load()
+    return image
+
+
+def describe(raw: dict, index: int) -> str:
+    return raw.get("path") or f"image #{index}"
+
+
+class AugmentedDataset(Dataset):
+    """Wraps a datasets.Dataset: decode to RGB, transform with a per-sample seed.
+
+    Returns (uint8 CHW image, label, bad) where `bad` counts the unreadable files met for this sample: an
+    unreadable file is reported once per process, and replaced by the next sample (unless strict, when the run
+    stops naming it), so one bad JPEG never costs a run. The replacement keeps the original index's seed.
+    """
+
+    def __init__(self, data, transform, seed: int, strict: bool = False):
+        # Undecoded view: we decode ourselves, to catch bad files and name them.
+        self.data = data.cast_column("image", datasets.Image(decode=False))
         self.transform = transform
         self.seed = seed
+        self.strict = strict
         # Shared memory, so persistent workers see the epoch the main process sets before each epoch.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._reported: set = set()
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = epoch
@@ -69,13 +100,30 @@ class AugmentedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
+    def _load(self, index: int) -> tuple:
+        """(RGB image, label, unreadable files skipped) for `index`, or the first readable sample after it."""
+        for bad in range(MAX_REPLACEMENTS):
+            i = (index + bad) % len(self.data)
+            example = self.data[i]
+            try:
+                return to_rgb(open_image(example["image"])), example["label"], bad
+            except BAD_IMAGE_ERRORS as e:
+                where = describe(example["image"], i)
+                if self.strict:
+                    raise UsageError(f"unreadable image {where} ({e}); --strict-data stops at the first one "
+                                     "(without it, bad images are skipped and counted)") from None
+                if where not in self._reported:
+                    self._reported.add(where)
+                    print(f"warning: skipping unreadable image {where} ({e})", file=sys.stderr, flush=True)
+        raise UsageError(f"{MAX_REPLACEMENTS} unreadable images in a row from image #{index}: is the data intact? "
+                         "(python -m vgg16.check_data --data ... lists them)")
+
     def __getitem__(self, index: int):
-        example = self.data[index]
-        image = to_rgb(example["image"])
+        image, label, bad = self._load(index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, int(self._epoch[0]), index))
             pixels = self.transform(image)
-        return pixels, example["label"]
+        return pixels, label, bad
 
 
 class SyntheticImages(Dataset):
@@ -96,7 +144,7 @@ class SyntheticImages(Dataset):
         return self.length
 
     def __getitem__(self, index: int):
-        return self.pool[index % self.POOL], index % self.num_classes
+        return self.pool[index % self.POOL], index % self.num_classes, 0
 
 
 # ---------------------------------------------------------------- loaders

@@ -6,7 +6,6 @@ the right device from Accelerate's prepared loaders, and precision comes from `a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -40,22 +39,54 @@ class EpochPlan:
     epoch: int
     epochs: int
     steps: int
-    """Optimizer steps this epoch will run (fewer than the loader's when --stop-step-num cuts it short)."""
+    """Optimizer steps this epoch will run (fewer when --stop-step-num cuts it short or a resume skipped some)."""
     print_freq: int
+    first_step: int = 0
+    """Optimizer steps of this epoch already done before (a mid-epoch resume)."""
+    global_step: int = 0
+    """Optimizer steps of the whole run done before this epoch's first step here."""
+
+
+class _NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss was inf/nan: exact, without a host sync per step."""
+
+    NONE = 2**62
+
+    def __init__(self, device):
+        self.first = torch.full((), self.NONE, dtype=torch.int64, device=device)
+
+    def update(self, loss: torch.Tensor, global_step: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.first = torch.where(bad, torch.minimum(self.first, torch.full_like(self.first, global_step)), self.first)
+
+    def check(self, epoch: int) -> None:
+        """Raise if any step so far was non-finite (a host sync: call at print steps and before saving)."""
+        step = int(self.first)
+        if step != self.NONE:
+            raise NonFiniteLoss(f"the training loss became inf/nan at step {step} (epoch {epoch + 1}); nothing was "
+                                "saved after it. Lower --lr or add --warmup-epochs, then --resume auto")
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: nn.Module, accelerator: Accelerator,
-                    normalize: Normalizer, meter: ThroughputMeter, plan: EpochPlan,
-                    log: Callable[[str], None], profiler=None, scaler_checks_nonfinite: bool = False) -> dict:
-    """Run `plan.steps` optimizer steps; return the mean loss (over all processes), steps and images."""
+                    normalize: Normalizer, meter: ThroughputMeter, plan: EpochPlan, log: Callable[[str], None],
+                    profiler=None, after_step: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Run `plan.steps` optimizer steps; return mean loss (over all processes), steps, images, bad images and
+    fp16-skipped steps.
+
+    `after_step(step_in_epoch, global_step, ensure_finite)` runs after each optimizer step but an epoch's last
+    (mid-epoch checkpoints); before saving anything it calls `ensure_finite()`, which raises if a loss was inf/nan.
+    """
     model.train()
     images_per_micro = loader.total_batch_size if hasattr(loader, "total_batch_size") else loader.batch_size
-    loss_sum = torch.zeros((), device=accelerator.device)  # summed on the device: no host sync per step
+    # Summed on the device: no host sync per step.
+    loss_sum = torch.zeros((), device=accelerator.device)
     window_sum = torch.zeros((), device=accelerator.device)
-    window_steps = 0
-    steps = micro = 0
+    bad_sum = torch.zeros((), dtype=torch.int64, device=accelerator.device)
+    # fp16's scaler skips steps with inf/nan gradients itself; in fp32/bf16 a non-finite loss ends the run.
+    watch = _NonFiniteWatch(accelerator.device) if accelerator.mixed_precision != "fp16" else None
+    window_steps = steps = micro = skipped = 0
     meter.begin_epoch(plan.steps)
-    for images, labels in loader:
+    for images, labels, bad in loader:
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 loss = criterion(model(normalize(images)), labels)
@@ -65,30 +96,42 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
         micro += 1
         loss_sum += loss.detach()
         window_sum += loss.detach()
+        bad_sum += bad.sum()
+        if watch is not None:
+            watch.update(loss, plan.global_step + steps + 1)
         if not accelerator.sync_gradients:
             continue
         steps += 1
         window_steps += accelerator.gradient_accumulation_steps
-        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped this step
+        if accelerator.optimizer_step_was_skipped:  # fp16 overflow (Accelerate reads the scaler anyway)
+            skipped += 1
+        else:
             scheduler.step()
         meter.step(images_per_micro * accelerator.gradient_accumulation_steps)
         if profiler is not None:
             profiler.step()
+        step_in_epoch = plan.first_step + steps
         if steps % plan.print_freq == 0 or steps == plan.steps:
+            if watch is not None:
+                watch.check(plan.epoch)
             mean_loss = (window_sum / window_steps).item()  # the one host sync, every print_freq steps
-            if not math.isfinite(mean_loss) and not scaler_checks_nonfinite:
-                raise NonFiniteLoss(f"loss is {mean_loss} by epoch {plan.epoch + 1} step {steps}: lower --lr "
-                                    "(or add --warmup-epochs)")
             fps = meter.window_fps()
-            log(f"epoch {plan.epoch + 1}/{plan.epochs}  step {steps}/{plan.steps}  loss {mean_loss:.4f}  "
-                f"lr {optimizer.param_groups[0]['lr']:.5f}" + (f"  fps {fps:.1f}" if fps else ""))
+            log(f"epoch {plan.epoch + 1}/{plan.epochs}  step {step_in_epoch}/{plan.first_step + plan.steps}  "
+                f"loss {mean_loss:.4f}  lr {optimizer.param_groups[0]['lr']:.5f}" + (f"  fps {fps:.1f}" if fps else ""))
             window_sum.zero_()
             window_steps = 0
         if steps >= plan.steps:
             break
+        if after_step is not None:
+            after_step(step_in_epoch, plan.global_step + steps,
+                       (lambda: watch.check(plan.epoch)) if watch is not None else (lambda: None))
     meter.end_epoch()
+    if watch is not None:
+        watch.check(plan.epoch)
     mean = accelerator.reduce(loss_sum / max(micro, 1), reduction="mean")
-    return {"loss": float(mean), "steps": steps, "images": steps * images_per_micro * accelerator.gradient_accumulation_steps}
+    return {"loss": float(mean), "steps": steps, "bad_images": int(accelerator.reduce(bad_sum, reduction="sum")),
+            "skipped_steps": skipped,
+            "images": steps * images_per_micro * accelerator.gradient_accumulation_steps}
 
 
 @torch.no_grad()
@@ -97,22 +140,25 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, normalize: Norm
     """Top-1/top-5 over the whole validation set, each image counted once whatever the process count."""
     model.eval()
     metric = new_topk_metric()
-    loss_sum, count = 0.0, 0
-    for images, labels in loader:
+    loss_sum, count, bad_images = 0.0, 0, 0
+    for images, labels, bad in loader:
         with accelerator.autocast():
             logits = model(normalize(images))
         losses = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
         ranked = logits.topk(min(topk, logits.shape[1]), dim=1).indices
         # gather_for_metrics drops the samples Accelerate repeated to give every process a full last batch.
-        ranked, labels, losses = accelerator.gather_for_metrics((ranked, labels, losses))
+        ranked, labels, losses, bad = accelerator.gather_for_metrics((ranked, labels, losses, bad))
         if accelerator.is_main_process:
-            metric.add_batch(predictions=ranked.cpu().tolist(), references=labels.cpu().tolist())
-            loss_sum += float(losses.sum())
-            count += len(labels)
+            keep = bad == 0  # an unreadable image's stand-in must not be counted twice
+            bad_images += int((~keep).sum())
+            metric.add_batch(predictions=ranked[keep].cpu().tolist(), references=labels[keep].cpu().tolist())
+            loss_sum += float(losses[keep].sum())
+            count += int(keep.sum())
     result = None
     if accelerator.is_main_process:
         result = metric.compute()
         result["loss"] = loss_sum / count if count else float("nan")
+        result["bad_images"] = bad_images
     result = broadcast_object_list([result])[0]  # every process returns the same figures
     if log:
         log(f"validation: acc1 {result['acc1']:.3f}  acc5 {result['acc5']:.3f}  over {result['count']} images")

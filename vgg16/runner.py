@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from contextlib import nullcontext
@@ -21,7 +22,7 @@ from .cli import parse_args
 from .config import TrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, SyntheticImages, build_loaders, eval_transform, train_transform
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, evaluate, train_one_epoch
-from .errors import UsageError
+from .errors import UsageError, one_line
 from .launch import assert_processes_agree, default_workers, make_accelerator, use_cpu_cores
 from .metrics import ThroughputMeter
 from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of, replace_classifier
@@ -59,8 +60,9 @@ def _load_data(cfg: TrainConfig, accelerator) -> tuple:
                          "drop --num-classes (it is for --dataset synthetic)")
     size = cfg.image_size or (32 if source.small_images else 224)
     small = head_for(size) == "small"
-    train = AugmentedDataset(source.train, train_transform(image_size=size, small=small, hflip=cfg.hflip), cfg.seed)
-    val = AugmentedDataset(source.val, eval_transform(image_size=size, small=small), cfg.seed)
+    train = AugmentedDataset(source.train, train_transform(image_size=size, small=small, hflip=cfg.hflip), cfg.seed,
+                             strict=cfg.strict_data)
+    val = AugmentedDataset(source.val, eval_transform(image_size=size, small=small), cfg.seed, strict=cfg.strict_data)
     return train, val, source.class_names, source.name, size, source.notes
 
 
@@ -84,6 +86,18 @@ def _load_weights(cfg: TrainConfig, model: nn.Module, num_classes: int, log) -> 
     model.load_state_dict(state)
 
 
+def _resolve_resume(cfg: TrainConfig, log) -> TrainConfig:
+    """--resume auto -> the newest complete checkpoint in --output-dir, or a fresh start when there is none."""
+    if cfg.resume != "auto":
+        return cfg
+    latest = ckpt.latest_checkpoint(Path(cfg.output_dir))
+    if latest is None:
+        if cfg.evaluate:
+            raise UsageError(f"--resume auto: no checkpoint in {Path(cfg.output_dir) / 'checkpoints'} to evaluate")
+        log(f"--resume auto: no checkpoint in {Path(cfg.output_dir) / 'checkpoints'}, starting fresh")
+    return dataclasses.replace(cfg, resume=str(latest) if latest else None)
+
+
 def run(cfg: TrainConfig) -> dict:
     cfg = cfg.with_recipe_defaults()
     output_dir = Path(cfg.output_dir)
@@ -91,6 +105,7 @@ def run(cfg: TrainConfig) -> dict:
     log = lambda message: accelerator.print(message, flush=True)  # noqa: E731 - main process only
     if accelerator.is_main_process:
         _check_output_dir(output_dir)
+    cfg = _resolve_resume(cfg, log)
     set_seed(cfg.seed)  # before the model is built: the seed decides the initial weights
 
     train_set, val_set, classes, dataset_name, image_size, notes = _load_data(cfg, accelerator)
@@ -101,6 +116,9 @@ def run(cfg: TrainConfig) -> dict:
     model = build_model(cfg.arch, len(classes), head=head, dropout=cfg.dropout)
     if cfg.pretrained or (cfg.evaluate and cfg.resume):
         _load_weights(cfg, model, len(classes), log)
+    if len(val_set) < accelerator.num_processes:
+        raise UsageError(f"{len(val_set)} validation image(s) for {accelerator.num_processes} processes: every process "
+                         "needs at least one; launch fewer processes or use a larger validation split")
     workers = default_workers(cfg.workers, accelerator.num_processes)
     train_loader, val_loader = build_loaders(train_set, val_set, batch_size=cfg.batch_size, workers=workers,
                                              seed=cfg.seed, pin_memory=accelerator.device.type != "cpu")
@@ -129,7 +147,8 @@ def run(cfg: TrainConfig) -> dict:
         model, val_loader = accelerator.prepare(model, val_loader)
         metrics = evaluate(model, val_loader, accelerator, normalize, log=log)
         results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], val_images=metrics["count"],
-                       val_loss=metrics["loss"], fps=0.0, epochs=0, steps=0, evaluated=cfg.resume or cfg.pretrained)
+                       val_loss=metrics["loss"], bad_images=metrics["bad_images"], fps=0.0, epochs=0, steps=0,
+                       evaluated=cfg.resume or cfg.pretrained)
     else:
         if len(train_loader) < cfg.grad_accum * accelerator.num_processes:
             raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch "
@@ -152,39 +171,66 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
                        total_steps=cfg.epochs * steps_per_epoch, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
                        step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)
     scheduler = build_scheduler(optimizer, factor)
-    start_epoch, global_step, best_acc1 = 0, 0, 0.0
+    start_epoch, step_in_epoch, global_step, best_acc1 = 0, 0, 0, 0.0
     if cfg.resume:
         state = ckpt.load_training_state(accelerator, Path(cfg.resume), model, scheduler)
         start_epoch, global_step, best_acc1 = state["epoch"], state["global_step"], state["best_acc1"]
-        log(f"resumed from {cfg.resume}: {start_epoch} epoch(s) and {global_step} step(s) done")
-        assert_processes_agree(accelerator, "the epoch and step to resume at", (start_epoch, global_step))
+        step_in_epoch = state.get("step_in_epoch", 0)
+        log(f"resumed from {cfg.resume}: epoch {start_epoch + 1}, step {step_in_epoch} of {steps_per_epoch} "
+            f"({global_step} optimizer steps done)")
+        assert_processes_agree(accelerator, "the epoch and step to resume at", (start_epoch, step_in_epoch, global_step))
     if cfg.start_epoch is not None:
-        start_epoch, global_step = cfg.start_epoch, cfg.start_epoch * steps_per_epoch
+        start_epoch, step_in_epoch, global_step = cfg.start_epoch, 0, cfg.start_epoch * steps_per_epoch
         position_scheduler(scheduler, global_step)
 
     meter = ThroughputMeter(lambda: _sync(accelerator))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    started = time.time()
+    checkpoints = output_dir / "checkpoints"
+
+    def trainer_state(epoch: int, step: int, global_step: int) -> dict:
+        return {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "best_acc1": best_acc1,
+                "scheduler": scheduler.state_dict(), "model": model_config}
+
+    def save_mid_epoch(epoch: int):
+        def after_step(step: int, global_step: int, ensure_finite) -> None:
+            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
+                ensure_finite()  # never save a model that has seen an inf/nan loss
+                ckpt.save_training_state(accelerator, checkpoints, trainer_state(epoch, step, global_step),
+                                         name=f"step_{global_step:09d}", keep=cfg.keep_checkpoints)
+        return after_step
+
+    started, skipped = time.time(), 0
     for epoch in range(start_epoch, cfg.epochs):
         remaining = cfg.stop_step_num - global_step if cfg.stop_step_num else steps_per_epoch
         if remaining <= 0:
             break
-        plan = EpochPlan(epoch, cfg.epochs, min(steps_per_epoch, remaining), cfg.print_freq)
         train_loader.dataset.set_epoch(epoch)  # augmentation seeds
         train_loader.set_epoch(epoch)  # shuffle order
+        loader, first = train_loader, (step_in_epoch if epoch == start_epoch else 0)
+        if first:  # a mid-epoch resume: the very next batch of the same order, without loading the skipped ones
+            loader = accelerator.skip_first_batches(train_loader, first * cfg.grad_accum)
+        plan = EpochPlan(epoch, cfg.epochs, min(steps_per_epoch - first, remaining), cfg.print_freq, first, global_step)
         with _profiler(cfg, accelerator, output_dir, first=epoch == start_epoch) as profiler:
-            stats = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, accelerator, normalize,
-                                    meter, plan, log, profiler,
-                                    scaler_checks_nonfinite=accelerator.mixed_precision == "fp16")
+            stats = train_one_epoch(model, loader, optimizer, scheduler, criterion, accelerator, normalize, meter, plan,
+                                    log, profiler, after_step=save_mid_epoch(epoch))
         global_step += stats["steps"]
+        skipped += stats["skipped_steps"]
         metrics = evaluate(model, val_loader, accelerator, normalize, log=log)
         best_acc1 = max(best_acc1, metrics["acc1"])
-        ckpt.save_training_state(accelerator, output_dir / "checkpoints", epoch=epoch + 1, global_step=global_step,
-                                 best_acc1=best_acc1, scheduler=scheduler, model_config=model_config)
+        finished = first + stats["steps"] == steps_per_epoch
+        ckpt.save_training_state(accelerator, checkpoints,
+                                 trainer_state(epoch + 1, 0, global_step) if finished else
+                                 trainer_state(epoch, first + stats["steps"], global_step),
+                                 name=f"epoch_{epoch + 1:04d}" if finished else f"step_{global_step:09d}",
+                                 keep=cfg.keep_checkpoints)
         ckpt.export_model(accelerator, model, output_dir, model_config)
         results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], best_acc1=best_acc1, val_images=metrics["count"],
                        val_loss=metrics["loss"], train_loss=stats["loss"], fps=meter.fps, epochs=epoch + 1,
-                       steps=global_step, train_seconds=round(time.time() - started, 1))
+                       steps=global_step, bad_images=stats["bad_images"] + metrics["bad_images"],
+                       fp16_skipped_steps=skipped, train_seconds=round(time.time() - started, 1))
+        if stats["bad_images"] or metrics["bad_images"]:
+            log(f"{stats['bad_images']} unreadable training and {metrics['bad_images']} validation image(s) skipped "
+                "this epoch (python -m vgg16.check_data lists them)")
         if accelerator.is_main_process:
             ckpt.write_json(output_dir / "results.json", results)
 
@@ -223,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, NonFiniteLoss) as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         return 130
