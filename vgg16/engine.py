@@ -77,14 +77,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
     (mid-epoch checkpoints); before saving anything it calls `ensure_finite()`, which raises if a loss was inf/nan.
     """
     model.train()
-    images_per_micro = loader.total_batch_size if hasattr(loader, "total_batch_size") else loader.batch_size
     # Summed on the device: no host sync per step.
     loss_sum = torch.zeros((), device=accelerator.device)
     window_sum = torch.zeros((), device=accelerator.device)
     bad_sum = torch.zeros((), dtype=torch.int64, device=accelerator.device)
     # fp16's scaler skips steps with inf/nan gradients itself; in fp32/bf16 a non-finite loss ends the run.
     watch = _NonFiniteWatch(accelerator.device) if accelerator.mixed_precision != "fp16" else None
-    window_steps = steps = micro = skipped = 0
+    window_steps = steps = micro = skipped = step_images = images_seen = 0
     meter.begin_epoch(plan.steps)
     for images, labels, bad in loader:
         with accelerator.accumulate(model):
@@ -94,6 +93,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         micro += 1
+        step_images += images.shape[0] * accelerator.num_processes  # every process's batch has this size
         loss_sum += loss.detach()
         window_sum += loss.detach()
         bad_sum += bad.sum()
@@ -107,7 +107,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
             skipped += 1
         else:
             scheduler.step()
-        meter.step(images_per_micro * accelerator.gradient_accumulation_steps)
+        meter.step(step_images)
+        images_seen, step_images = images_seen + step_images, 0
         if profiler is not None:
             profiler.step()
         step_in_epoch = plan.first_step + steps
@@ -131,7 +132,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
     mean = accelerator.reduce(loss_sum / max(micro, 1), reduction="mean")
     return {"loss": float(mean), "steps": steps, "bad_images": int(accelerator.reduce(bad_sum, reduction="sum")),
             "skipped_steps": skipped,
-            "images": steps * images_per_micro * accelerator.gradient_accumulation_steps}
+            "images": images_seen}
 
 
 @torch.no_grad()

@@ -1,0 +1,182 @@
+"""Kills, bad images, bad checkpoints, full disks and diverging runs: none of them may cost a run or a checkpoint."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, make_image_folder, run_cli
+from safetensors.torch import load_file
+
+from vgg16 import check_data
+from vgg16.runner import main
+
+TINY = ["-a", "vgg11", "--image-size", "32", "--lr", "0.02", "-p", "1"]
+
+
+def _ok(done):
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def _same_weights(a, b):
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """48 training images: batch 4 gives 12 optimizer steps per epoch."""
+    return make_image_folder(tmp_path_factory.mktemp("d") / "imgs", n_train=16, n_val=4)
+
+
+def test_sigkill_mid_epoch_then_resume_auto_is_bitwise_equal(data, tmp_path):
+    args = ["--data", str(data), *TINY, "-b", "4", "--epochs", "2", "-j", "1", "--checkpoint-every", "3"]
+    reference = tmp_path / "reference"
+    _ok(run_cli(*args, "--output-dir", str(reference)))
+    # 24 steps, a save every 3: the newest two remain, and the newest is the end of epoch 2.
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["epoch_0002", "step_000000021"]
+
+    killed = tmp_path / "killed"
+    cmd = [str(ROOT / ".venv" / "bin" / "accelerate") if (ROOT / ".venv").exists() else "accelerate", "launch",
+           "--num_processes", "1", str(ROOT / "train_vgg16.py"), *args, "--output-dir", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
+    target = killed / "checkpoints" / "step_000000006"  # mid-epoch 1 (step 6 of 12)
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the training process, without warning
+    proc.wait()
+    assert target.exists() and not (killed / "results.json").exists()
+
+    done = _ok(run_cli(*args, "--output-dir", str(killed), "--resume", "auto"))
+    resumed_line = next(line for line in done.stdout.splitlines() if line.startswith("resumed from"))
+    assert "epoch 1, step " in resumed_line and "step 0 of" not in resumed_line  # it really resumed mid-epoch
+    assert _same_weights(killed, reference)
+    assert _results(killed)["steps"] == _results(reference)["steps"] == 24
+
+
+def test_resume_auto_without_checkpoints_starts_fresh(tmp_path, capsys):
+    args = ["--dataset", "synthetic", "--num-classes", "3", *TINY, "-b", "4", "--stop-step-num", "2", "-j", "0"]
+    assert main([*args, "--resume", "auto", "--output-dir", str(tmp_path)]) == 0
+    assert "no checkpoint in" in capsys.readouterr().out and _results(tmp_path)["steps"] == 2
+
+
+@pytest.fixture
+def folder_with_bad_images(tmp_path):
+    root = make_image_folder(tmp_path / "bad", n_train=4, n_val=4)
+    good = (root / "train" / "cat" / "000.jpg").read_bytes()
+    (root / "train" / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "train" / "dog" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "eel" / "notes.jpg").write_text("not an image")
+    (root / "val" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    return root
+
+
+def test_bad_images_are_skipped_reported_once_and_counted(folder_with_bad_images, tmp_path):
+    # 15 training files, batch 5: every file is used each epoch, none dropped by drop_last.
+    done = _ok(run_cli("--data", str(folder_with_bad_images), *TINY, "-b", "5", "--epochs", "2", "-j", "0",
+                       "--output-dir", str(tmp_path)))
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: skipping unreadable image")]
+    assert len(warnings) == 4 and any("truncated.jpg" in w for w in warnings) and any("broken.png" in w for w in warnings)
+    r = _results(tmp_path)
+    assert r["bad_images"] == 4
+    assert r["val_images"] == 12  # 13 files, one unreadable: counted once each, the stand-in not at all
+
+
+def test_strict_data_stops_at_the_first_bad_image_naming_it(folder_with_bad_images, tmp_path):
+    done = run_cli("--data", str(folder_with_bad_images), *TINY, "-b", "5", "--epochs", "1", "-j", "1",
+                   "--strict-data", "--output-dir", str(tmp_path), launcher=())
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unreadable image ") and "--strict-data" in lines[0]
+
+
+def test_check_data_lists_every_bad_file(folder_with_bad_images, capsys):
+    assert check_data.main(["--data", str(folder_with_bad_images), "--workers", "2"]) == 1
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert len(listed) == 4
+    assert sorted(line.split(": ")[0] for line in listed) == ["train", "train", "train", "validation"]
+    assert check_data.main(["--data", str(make_image_folder(folder_with_bad_images.parent / "good")),
+                            "--workers", "1"]) == 0
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck")
+    _ok(run_cli("--data", str(data), *TINY, "-b", "8", "--epochs", "1", "-j", "0", "--output-dir", str(out),
+                launcher=()))
+    return out / "checkpoints" / "epoch_0001"
+
+
+@pytest.mark.parametrize("damage, extra, message", [
+    (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:1000]), [],
+     "is not a readable safetensors file"),
+    (lambda c: (c / "optimizer.bin").write_bytes((c / "optimizer.bin").read_bytes()[:100]), [],
+     "could not load the training state"),
+    (lambda c: (c / "trainer_state.json").write_text("{"), [], "trainer_state.json is damaged"),
+    (lambda c: None, ["-a", "vgg13"], "does not fit this model"),
+])
+def test_bad_checkpoints_are_one_line(checkpoint, data, tmp_path, capsys, damage, extra, message):
+    copy = tmp_path / "ck"
+    shutil.copytree(checkpoint, copy)
+    damage(copy)
+    args = ["--data", str(data), *TINY, "-b", "8", "--epochs", "2", "-j", "0", *extra]
+    assert main([*args, "--resume", str(copy), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_more_processes_than_validation_images(tmp_path):
+    data = make_image_folder(tmp_path / "d", classes=("a",), n_train=4, n_val=1)
+    done = run_cli("--data", str(data), *TINY, "-b", "2", "--epochs", "1", "-j", "0", "--output-dir", str(tmp_path / "o"),
+                   launcher=("accelerate", "launch", "--multi_gpu", "--num_processes", "2"),
+                   env={"ACCELERATE_USE_CPU": "1"})
+    assert done.returncode != 0 and "1 validation image(s) for 2 processes" in done.stderr
+
+
+def test_a_full_disk_while_saving_leaves_the_previous_checkpoint(data, tmp_path, capsys, monkeypatch):
+    """The disk cannot be filled here: the second checkpoint's save fails as a full disk does (ENOSPC)."""
+    from accelerate import Accelerator
+
+    real_save_state, calls = Accelerator.save_state, []
+
+    def save_state(self, output_dir, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:
+            real_save_state(self, output_dir, **kwargs)  # a half-written folder, as when space runs out
+            raise OSError(28, "No space left on device")
+        return real_save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    args = ["--data", str(data), *TINY, "-b", "8", "--epochs", "3", "-j", "0", "--output-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "epoch_0001 is intact" in err
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch_0001"]  # no half-written folder
+    monkeypatch.setattr(Accelerator, "save_state", real_save_state)
+    assert main([*args, "--resume", "auto"]) == 0  # and the run goes on from it
+    assert _results(tmp_path)["epochs"] == 3
+
+
+def test_a_diverging_run_stops_at_the_step_and_saves_nothing_after_it(data, tmp_path, capsys):
+    args = ["--data", str(data), "-a", "vgg11", "--image-size", "32", "--lr", "1e12", "-b", "4", "--epochs", "2",
+            "-j", "0", "-p", "100", "--checkpoint-every", "1", "--keep-checkpoints", "100", "--output-dir", str(tmp_path)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "inf/nan at step" in err and "Lower --lr" in err and len(err.splitlines()) == 1
+    bad_step = int(err.split("at step ")[1].split()[0])
+    saved = [json.loads((p / "trainer_state.json").read_text())["global_step"]
+             for p in (tmp_path / "checkpoints").glob("step_*")]
+    assert all(step < bad_step for step in saved)
+    assert not (tmp_path / "results.json").exists()
