@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-step-num", type=int, help="stop training after N optimizer steps")
     r.add_argument("--prof", action="store_true", help="write a profiler trace of a few steps to OUTPUT/profile")
     r.add_argument("--debug", action="store_true", help="show full tracebacks")
+    r.add_argument("--report-to", default="none",
+                   help="Accelerate trackers, comma-separated: tensorboard (logs in OUTPUT/logs), wandb, mlflow, "
+                   "comet_ml, aim, clearml, ... (default none)")
+    r.add_argument("--push-to-hub", action="store_true", help="upload the model folder to the hub at the end")
+    r.add_argument("--hub-model-id", metavar="USER/NAME", help="the hub repo for --push-to-hub")
+    r.add_argument("--hub-private", action="store_true", help="create the hub repo as private")
 
     legacy = p.add_argument_group("flags of the old scripts that `accelerate launch` replaces (each stops the run "
                                   "and names its replacement)")
@@ -159,4 +165,5 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         output_dir=ns.output_dir, print_freq=ns.print_freq, evaluate=ns.evaluate, resume=ns.resume, keep_checkpoints=ns.keep_checkpoints,
         checkpoint_every=ns.checkpoint_every,
         stop_step_num=ns.stop_step_num, prof=ns.prof, debug=ns.debug, notes=notes,
+        report_to=ns.report_to, push_to_hub=ns.push_to_hub, hub_model_id=ns.hub_model_id, hub_private=ns.hub_private,
     ).with_recipe_defaults()

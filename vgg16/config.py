@@ -98,6 +98,11 @@ class TrainConfig:
     stop_step_num: Optional[int] = None
     prof: bool = False
     debug: bool = False
+    report_to: str = "none"
+    """Accelerate trackers, comma-separated (tensorboard, wandb, mlflow, ...), or none."""
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+    hub_private: bool = False
 
     notes: list = field(default_factory=list)
     """Messages from the command-line layer (e.g. how a legacy flag was mapped), printed at start."""
@@ -143,6 +148,8 @@ class TrainConfig:
         need(self.loss_scale is None or self.mixed_precision in (None, "fp16"),
              "--loss-scale only applies to fp16: add --mixed-precision fp16 (or --amp)")
         need(self.device is None or self.device in DEVICES, f"unknown --device {self.device!r}: use cpu, gpu or npu")
+        need(not self.push_to_hub or bool(self.hub_model_id),
+             "--push-to-hub needs --hub-model-id USER/NAME (the repo to create or update)")
         need(not self.evaluate or bool(self.resume or self.pretrained),
              "--evaluate needs weights: add --resume CHECKPOINT_DIR or --pretrained WEIGHTS")
 

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, tqdm
 from torch import nn
 
 from .metrics import ThroughputMeter, new_topk_metric
@@ -69,12 +69,13 @@ class _NonFiniteWatch:
 
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: nn.Module, accelerator: Accelerator,
                     normalize: Normalizer, meter: ThroughputMeter, plan: EpochPlan, log: Callable[[str], None],
-                    profiler=None, after_step: Optional[Callable[[int, int], None]] = None) -> dict:
+                    profiler=None, after_step: Optional[Callable] = None, progress: bool = False) -> dict:
     """Run `plan.steps` optimizer steps; return mean loss (over all processes), steps, images, bad images and
     fp16-skipped steps.
 
     `after_step(step_in_epoch, global_step, ensure_finite)` runs after each optimizer step but an epoch's last
     (mid-epoch checkpoints); before saving anything it calls `ensure_finite()`, which raises if a loss was inf/nan.
+    progress: a bar on the main process (for terminals) instead of a log line every print_freq steps.
     """
     model.train()
     # Summed on the device: no host sync per step.
@@ -85,6 +86,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
     watch = _NonFiniteWatch(accelerator.device) if accelerator.mixed_precision != "fp16" else None
     window_steps = steps = micro = skipped = step_images = images_seen = 0
     meter.begin_epoch(plan.steps)
+    bar = tqdm(total=plan.first_step + plan.steps, initial=plan.first_step, disable=not progress,
+               desc=f"epoch {plan.epoch + 1}/{plan.epochs}", main_process_only=True, dynamic_ncols=True)
     for images, labels, bad in loader:
         with accelerator.accumulate(model):
             with accelerator.autocast():
@@ -112,13 +115,19 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
         if profiler is not None:
             profiler.step()
         step_in_epoch = plan.first_step + steps
+        bar.update(1)
         if steps % plan.print_freq == 0 or steps == plan.steps:
             if watch is not None:
                 watch.check(plan.epoch)
             mean_loss = (window_sum / window_steps).item()  # the one host sync, every print_freq steps
-            fps = meter.window_fps()
-            log(f"epoch {plan.epoch + 1}/{plan.epochs}  step {step_in_epoch}/{plan.first_step + plan.steps}  "
-                f"loss {mean_loss:.4f}  lr {optimizer.param_groups[0]['lr']:.5f}" + (f"  fps {fps:.1f}" if fps else ""))
+            fps, lr = meter.window_fps(), optimizer.param_groups[0]["lr"]
+            if progress:
+                bar.set_postfix_str(f"loss {mean_loss:.4f}  lr {lr:.5f}" + (f"  fps {fps:.1f}" if fps else ""))
+            else:
+                log(f"epoch {plan.epoch + 1}/{plan.epochs}  step {step_in_epoch}/{plan.first_step + plan.steps}  "
+                    f"loss {mean_loss:.4f}  lr {lr:.5f}" + (f"  fps {fps:.1f}" if fps else ""))
+            accelerator.log({"train/loss": mean_loss, "train/lr": lr, **({"train/fps": fps} if fps else {})},
+                            step=plan.global_step + steps)
             window_sum.zero_()
             window_steps = 0
         if steps >= plan.steps:
@@ -126,6 +135,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
         if after_step is not None:
             after_step(step_in_epoch, plan.global_step + steps,
                        (lambda: watch.check(plan.epoch)) if watch is not None else (lambda: None))
+    bar.close()
     meter.end_epoch()
     if watch is not None:
         watch.check(plan.epoch)

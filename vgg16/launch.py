@@ -7,7 +7,7 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradScalerKwargs, gather_object
+from accelerate.utils import DataLoaderConfiguration, GradScalerKwargs, ProjectConfiguration, gather_object
 
 from .config import TrainConfig
 from .errors import UsageError
@@ -29,8 +29,13 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # The seed's static loss scale: start at N and never grow. Unlike apex's static mode, an overflow still
         # skips the step (and halves the scale) instead of applying inf gradients.
         handlers.append(GradScalerKwargs(init_scale=cfg.loss_scale, growth_interval=2**31 - 1))
+    trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() and t.strip() != "none"]
     try:
         accelerator = Accelerator(
+            # Only what was asked: log_with=None never picks up an installed tracker by itself.
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=cfg.output_dir,
+                                                logging_dir=os.path.join(cfg.output_dir, "logs")),
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum,
             # Seedable sampler: the shuffle order depends on (seed, epoch) only, so a resumed run sees the same
@@ -105,6 +110,14 @@ def use_cpu_cores(accelerator: Accelerator):
         return (f"accelerate launch set OMP_NUM_THREADS=1; using {share} CPU threads per process "
                 "(this machine's cores / local processes)")
     return None
+
+
+def device_name(accelerator: Accelerator) -> str:
+    """'NVIDIA H100 80GB HBM3', 'Ascend910B2', or 'CPU' (torch.cuda / torch.npu, looked up by device type)."""
+    module = getattr(torch, accelerator.device.type, None)
+    if accelerator.device.type != "cpu" and hasattr(module, "get_device_name"):
+        return module.get_device_name(accelerator.device)
+    return "CPU"
 
 
 def default_workers(requested, num_processes: int) -> int:

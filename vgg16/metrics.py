@@ -55,6 +55,7 @@ class ThroughputMeter:
         self.warmup_steps = warmup_steps
         self.total_images = 0
         self.total_seconds = 0.0
+        self.epoch_fps = 0.0
         self._reset_epoch(warmup_steps)
 
     def _reset_epoch(self, warmup: int) -> None:
@@ -96,7 +97,9 @@ class ThroughputMeter:
 
     def end_epoch(self) -> None:
         if self._start is not None and self._images:
-            self.total_seconds += self._now() - self._start
+            seconds = self._now() - self._start
+            self.epoch_fps = self._images / max(seconds, 1e-9)
+            self.total_seconds += seconds
             self.total_images += self._images
         self._start = None
 

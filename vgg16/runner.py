@@ -23,7 +23,10 @@ from .config import TrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, SyntheticImages, build_loaders, eval_transform, train_transform
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, evaluate, train_one_epoch
 from .errors import UsageError, one_line
-from .launch import assert_processes_agree, default_workers, make_accelerator, use_cpu_cores
+from .card import model_card
+from .hub import PushFailed, push_to_hub
+from .launch import assert_processes_agree, default_workers, device_name, make_accelerator, use_cpu_cores
+from .report import plot_curves, write_results_md
 from .metrics import ThroughputMeter
 from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of, replace_classifier
 from .optim import build_optimizer, build_scheduler, lr_factor, position_scheduler
@@ -106,6 +109,8 @@ def run(cfg: TrainConfig) -> dict:
     if accelerator.is_main_process:
         _check_output_dir(output_dir)
     cfg = _resolve_resume(cfg, log)
+    accelerator.init_trackers("vgg16", config={k: v for k, v in cfg.to_dict().items()
+                                               if isinstance(v, (int, float, str, bool))})
     set_seed(cfg.seed)  # before the model is built: the seed decides the initial weights
 
     train_set, val_set, classes, dataset_name, image_size, notes = _load_data(cfg, accelerator)
@@ -139,7 +144,7 @@ def run(cfg: TrainConfig) -> dict:
                "num_classes": len(classes), "train_images": len(train_set), "global_batch_size": global_batch,
                "per_process_batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-               "device": accelerator.device.type, "torch": torch.__version__, "accelerate": accelerate.__version__,
+               "device": accelerator.device.type, "device_name": device_name(accelerator), "torch": torch.__version__, "accelerate": accelerate.__version__,
                "lr": lr, "base_lr": cfg.lr, "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "command": " ".join(sys.argv)}
     normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device)
 
@@ -158,7 +163,7 @@ def run(cfg: TrainConfig) -> dict:
                                     nesterov=cfg.nesterov)
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
         _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, model_config, results, log)
-    _finish(accelerator, output_dir, results, log)
+    _finish(cfg, accelerator, output_dir, results, model_config, log)
     return results
 
 
@@ -199,7 +204,8 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
                                          name=f"step_{global_step:09d}", keep=cfg.keep_checkpoints)
         return after_step
 
-    started, skipped = time.time(), 0
+    started, skipped, history = time.time(), 0, results.setdefault("history", [])
+    progress = sys.stdout.isatty()  # a bar in a terminal; plain lines in logs (CI, nohup, files)
     for epoch in range(start_epoch, cfg.epochs):
         remaining = cfg.stop_step_num - global_step if cfg.stop_step_num else steps_per_epoch
         if remaining <= 0:
@@ -212,7 +218,7 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
         plan = EpochPlan(epoch, cfg.epochs, min(steps_per_epoch - first, remaining), cfg.print_freq, first, global_step)
         with _profiler(cfg, accelerator, output_dir, first=epoch == start_epoch) as profiler:
             stats = train_one_epoch(model, loader, optimizer, scheduler, criterion, accelerator, normalize, meter, plan,
-                                    log, profiler, after_step=save_mid_epoch(epoch))
+                                    log, profiler, after_step=save_mid_epoch(epoch), progress=progress)
         global_step += stats["steps"]
         skipped += stats["skipped_steps"]
         metrics = evaluate(model, val_loader, accelerator, normalize, log=log)
@@ -228,21 +234,39 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
                        val_loss=metrics["loss"], train_loss=stats["loss"], fps=meter.fps, epochs=epoch + 1,
                        steps=global_step, bad_images=stats["bad_images"] + metrics["bad_images"],
                        fp16_skipped_steps=skipped, train_seconds=round(time.time() - started, 1))
+        history.append({"epoch": epoch + 1, "steps": global_step, "train_loss": stats["loss"], "val_loss": metrics["loss"],
+                        "acc1": metrics["acc1"], "acc5": metrics["acc5"], "fps": meter.epoch_fps})
+        accelerator.log({"val/acc1": metrics["acc1"], "val/acc5": metrics["acc5"], "val/loss": metrics["loss"],
+                         "train/epoch_loss": stats["loss"], "train/epoch_fps": meter.epoch_fps, "epoch": epoch + 1},
+                        step=global_step)
         if stats["bad_images"] or metrics["bad_images"]:
             log(f"{stats['bad_images']} unreadable training and {metrics['bad_images']} validation image(s) skipped "
                 "this epoch (python -m vgg16.check_data lists them)")
         if accelerator.is_main_process:
-            ckpt.write_json(output_dir / "results.json", results)
+            _write_reports(output_dir, results, model_config)
 
 
-def _finish(accelerator, output_dir: Path, results: dict, log) -> None:
+def _write_reports(output_dir: Path, results: dict, model_config: dict) -> None:
+    """results.json, results.md, curves.png and the model card: the folder is complete after every epoch."""
+    ckpt.write_json(output_dir / "results.json", results)
+    write_results_md(output_dir, results)
+    if results.get("history"):
+        plot_curves(results["history"], output_dir / "curves.png",
+                    f"{results['arch']} on {results['dataset']}, {results['num_processes']}p {results['device_name']}")
+    if (output_dir / ckpt.WEIGHTS).exists():
+        (output_dir / "README.md").write_text(model_card(results, model_config))
+
+
+def _finish(cfg: TrainConfig, accelerator, output_dir: Path, results: dict, model_config: dict, log) -> None:
     if accelerator.is_main_process:
-        ckpt.write_json(output_dir / "results.json", results)
+        _write_reports(output_dir, results, model_config)
     accelerator.wait_for_everyone()
     log(f"Acc@1 {results.get('acc1', 0):.3f}  Acc@5 {results.get('acc5', 0):.3f}  FPS {results.get('fps', 0):.1f}  "
         f"({results['num_processes']}p {results['device']} {results['mixed_precision']}, "
         f"global batch {results['global_batch_size']}) -> {output_dir / 'results.json'}")
     accelerator.end_training()
+    if cfg.push_to_hub and accelerator.is_main_process:
+        log(f"pushed {output_dir} to {cfg.hub_model_id}: {push_to_hub(output_dir, cfg.hub_model_id, cfg.hub_private)}")
 
 
 def _sync(accelerator) -> None:
@@ -266,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = parse_args(argv)
         run(cfg)
-    except (UsageError, NonFiniteLoss) as e:
+    except (UsageError, NonFiniteLoss, PushFailed) as e:
         if debug:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)

@@ -1,0 +1,179 @@
+"""What a run leaves for people: trackers, curves, the results table, the model card, the hub push, and using
+the weights (from_pretrained, predict)."""
+
+import json
+import shutil
+
+import huggingface_hub
+import pytest
+import torch
+from conftest import make_image_folder
+from PIL import Image
+from safetensors.torch import save_file
+from torchvision import models
+
+import vgg16
+from vgg16 import predict, report
+from vgg16.errors import UsageError
+from vgg16.runner import main
+
+ARGS = ["-a", "vgg11_bn", "--image-size", "32", "-b", "8", "--lr", "0.02", "-j", "0", "-p", "1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    base = tmp_path_factory.mktemp("out")
+    data = make_image_folder(base / "data")
+    out = base / "run"
+    assert main(["--data", str(data), *ARGS, "--epochs", "2", "--report-to", "tensorboard", "--output-dir", str(out)]) == 0
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return data, out
+
+
+def test_tensorboard_gets_config_steps_and_epochs(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, out = run_dir
+    events = EventAccumulator(str(out / "logs" / "vgg16")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/acc1", "val/acc5", "val/loss"} <= tags
+    acc1 = [e.value for e in events.Scalars("val/acc1")]
+    assert len(acc1) == 2 and acc1[-1] == pytest.approx(json.loads((out / "results.json").read_text())["acc1"])
+    assert len(events.Scalars("train/loss")) == 6  # one per optimizer step at --print-freq 1
+
+
+def test_curves_png_and_results_table(run_dir):
+    _, out = run_dir
+    with Image.open(out / "curves.png") as png:
+        assert png.format == "PNG" and png.size[0] > 800 and len(png.convert("L").getcolors(maxcolors=4096) or range(4097)) > 10
+    results = json.loads((out / "results.json").read_text())
+    assert [h["epoch"] for h in results["history"]] == [1, 2] and results["history"][-1]["acc1"] == results["acc1"]
+    table = (out / "results.md").read_text()
+    assert "| NAME | Acc@1 | Acc@5 | FPS | Epochs | AMP_Type | Torch | Device |" in table
+    assert f"| 1p-CPU | {results['acc1']:.3f} |" in table and "| fp32 |" in table
+
+
+def test_report_merges_runs_into_the_seeds_table(run_dir, tmp_path, capsys):
+    _, out = run_dir
+    other = tmp_path / "gpu8"
+    other.mkdir()
+    r = json.loads((out / "results.json").read_text())
+    r.update(num_processes=8, device="cuda", device_name="NVIDIA H100", mixed_precision="bf16", fps=9000.0)
+    (other / "results.json").write_text(json.dumps(r))
+    assert report.main([str(other), str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "NAME" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1p-CPU", "| 8p-GPU"]
+    assert "| 9000.0 |" in rows[1] and "| bf16 |" in rows[1] and "NVIDIA H100" in rows[1]
+
+
+def test_model_card_has_metrics_and_the_command(run_dir):
+    _, out = run_dir
+    card = (out / "README.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    front = card.split("---")[1]
+    meta = {line.split(": ", 1)[0]: json.loads(line.split(": ", 1)[1]) for line in front.strip().splitlines()}
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert metrics[0]["value"] == round(results["acc1"], 3) and metrics[1]["value"] == round(results["acc5"], 3)
+    assert meta["library_name"] == "pytorch" and "image-classification" in meta["tags"]
+    assert "--report-to tensorboard" in card or "command" in card
+
+
+def test_from_pretrained_and_predict_use_the_folder(run_dir, capsys):
+    data, out = run_dir
+    model, config = vgg16.from_pretrained(str(out))
+    assert not model.training and config["class_names"] == ["cat", "dog", "eel"]
+    image = next((data / "val" / "dog").iterdir())
+    assert predict.main(["--model", str(out), str(image)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{image}: ") and line.count("%") == 3  # 3 classes: the top-5 is all three
+    probs = [float(part.split()[-1].rstrip("%")) for part in line.split(": ", 1)[1].split(", ")]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(100, abs=0.5)
+
+
+def test_from_pretrained_reads_a_plain_torchvision_state_dict(tmp_path):
+    reference = models.vgg11_bn(num_classes=4).eval()
+    save_file(reference.state_dict(), str(tmp_path / "tv.safetensors"))
+    model, config = vgg16.from_pretrained(str(tmp_path / "tv.safetensors"))
+    assert (config["arch"], config["num_classes"], config["head"]) == ("vgg11_bn", 4, "imagenet")
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), reference(x))
+
+
+def test_hub_ids_download_through_huggingface_hub(run_dir, monkeypatch):
+    """The network is the one thing mocked: hf_hub_download serves files from the local run folder."""
+    _, out = run_dir
+    asked = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        return str(out / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    model, config = vgg16.from_pretrained("someone/vgg-test")
+    assert asked == [("someone/vgg-test", "model.safetensors"), ("someone/vgg-test", "config.json")]
+    assert config["arch"] == "vgg11_bn"
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="the hub gave no model.safetensors"):
+        vgg16.from_pretrained("someone/not-cached")  # offline: one clear error
+
+
+class RecordingHub:
+    def __init__(self, fail=False):
+        self.calls, self.fail = [], fail
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        if self.fail:
+            raise ConnectionError("network is unreachable")
+        self.calls.append(("upload_folder", kwargs))
+        return huggingface_hub.CommitInfo(commit_url="https://huggingface.co/me/vgg/commit/1", commit_message="",
+                                          commit_description="", oid="1")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_push_to_hub_uploads_the_model_folder(run_dir, tmp_path, monkeypatch, capsys, fail):
+    data, _ = run_dir
+    hub = RecordingHub(fail)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: hub)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+    out = tmp_path / "push"
+    code = main(["--data", str(data), *ARGS, "--epochs", "1", "--output-dir", str(out), "--push-to-hub",
+                 "--hub-model-id", "me/vgg", "--hub-private"])
+    captured = capsys.readouterr()
+    for f in ("model.safetensors", "config.json", "README.md", "results.json", "results.md", "curves.png"):
+        assert (out / f).exists(), f  # the local folder is complete either way
+    for f in out.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".md"):
+            assert "hf_secret_token_value" not in f.read_text()
+    assert "hf_secret_token_value" not in captured.out + captured.err
+    if fail:
+        assert code == 1 and "push to me/vgg failed" in captured.err and "huggingface-cli upload" in captured.err
+        return
+    assert code == 0
+    (_, repo, create_kwargs), (_, upload) = hub.calls
+    assert repo == "me/vgg" and create_kwargs["private"] is True
+    assert upload["repo_id"] == "me/vgg" and upload["folder_path"] == str(out)
+    uploaded = [f.name for f in out.iterdir() if f.name in upload["allow_patterns"]]
+    assert sorted(uploaded) == sorted(upload["allow_patterns"])  # everything listed exists...
+    assert "checkpoints" not in upload["allow_patterns"]  # ...and the training state stays home
+    assert "https://huggingface.co/me/vgg/commit/1" in captured.out
+
+
+def test_progress_bar_in_a_terminal_and_lines_in_logs(run_dir, tmp_path, monkeypatch, capsys):
+    data, _ = run_dir
+    args = ["--data", str(data), *ARGS, "--epochs", "1", "--output-dir", str(tmp_path)]
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1/1" in captured.err and "3/3" in captured.err and "loss" in captured.err  # tqdm, on stderr
+    assert "step 1/3" not in captured.out  # no log lines beside the bar
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    assert main([*args[:-1], str(tmp_path / "b")]) == 0
+    assert "epoch 1/1  step 1/3  loss" in capsys.readouterr().out

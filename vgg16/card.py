@@ -1,0 +1,65 @@
+"""The model card (README.md) of an output folder, in the Hugging Face hub's format."""
+
+from __future__ import annotations
+
+import json
+
+from .report import amp_type, results_table
+
+
+def model_card(results: dict, model_config: dict) -> str:
+    """YAML front matter (library, tags, dataset, metrics with values) and a short human description."""
+    dataset = results["dataset"]
+    front = {
+        "library_name": "pytorch",
+        "pipeline_tag": "image-classification",
+        "tags": ["image-classification", "vgg", results["arch"], "torchvision", "accelerate", "safetensors"],
+        "datasets": [dataset],
+        "metrics": ["accuracy"],
+        "model-index": [{
+            "name": f"{results['arch']}-{dataset}",
+            "results": [{
+                "task": {"type": "image-classification", "name": "Image Classification"},
+                "dataset": {"type": dataset, "name": dataset, "split": "validation"},
+                "metrics": [
+                    {"type": "accuracy", "name": "top-1 accuracy", "value": round(results.get("acc1", 0.0), 3)},
+                    {"type": "top_5_accuracy", "name": "top-5 accuracy", "value": round(results.get("acc5", 0.0), 3)},
+                ],
+            }],
+        }],
+    }
+    # JSON is valid YAML, and needs no YAML library to write correctly.
+    yaml_lines = [f"{k}: {json.dumps(v)}" for k, v in front.items()]
+    head = model_config["head"]
+    classes = model_config["class_names"]
+    shown = ", ".join(classes[:10]) + (f" ... ({len(classes)} in all)" if len(classes) > 10 else "")
+    return "\n".join([
+        "---", *yaml_lines, "---", "",
+        f"# {results['arch']} trained on {dataset}", "",
+        f"torchvision's `{results['arch']}` ({'small-image head: global pooling, 512-wide classifier' if head == 'small' else 'the standard ImageNet head'}), "
+        f"{model_config['image_size']} px input, {len(classes)} classes: {shown}.", "",
+        "## Results", "", results_table([results]),
+        f"Top-1 {results.get('acc1', 0):.3f}% and top-5 {results.get('acc5', 0):.3f}% on {results.get('val_images', 0)} "
+        f"validation images, after {results.get('epochs', 0)} epochs ({results.get('steps', 0)} optimizer steps). "
+        f"Throughput {results.get('fps', 0):.1f} images/s over {results['num_processes']} process(es) on "
+        f"{results.get('device_name', results['device'])}, {amp_type(results)}.", "",
+        "## Use", "",
+        "```python",
+        "import vgg16  # this repository's package",
+        "model, config = vgg16.from_pretrained(\"PATH_OR_HUB_ID\")",
+        "```", "",
+        f"or with torchvision alone{'' if head == 'imagenet' else ' (after replacing the head as vgg16.build_model does)'}:", "",
+        "```python",
+        "import torchvision, safetensors.torch",
+        f"model = torchvision.models.{results['arch']}(num_classes={len(classes)})",
+        *([] if head == "imagenet" else ["# small head: see config.json (head: small)"]),
+        "model.load_state_dict(safetensors.torch.load_file(\"model.safetensors\"))",
+        "```", "",
+        f"Inputs: RGB, resized and center-cropped to {model_config['image_size']} px, normalised with mean "
+        f"{list(model_config['mean'])} and std {list(model_config['std'])}.", "",
+        "## Training", "",
+        f"- command: `{results.get('command', '')}`",
+        f"- global batch {results['global_batch_size']} ({results['per_process_batch_size']} per process x "
+        f"{results['num_processes']} x {results['grad_accum']}), SGD lr {results['lr']:g}, seed {results['seed']}",
+        f"- torch {results['torch']}, accelerate {results['accelerate']}", "",
+    ])

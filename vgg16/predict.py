@@ -1,0 +1,57 @@
+"""Top-5 classes of images with an exported model.
+
+    python -m vgg16.predict --model output cat.jpg dog.png
+    python -m vgg16.predict --model user/vgg16-digits digit.png     # a hub model id
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from .data import BAD_IMAGE_ERRORS, eval_transform, open_image, to_rgb
+from .errors import UsageError, one_line
+from .hub import from_pretrained
+from .model import head_for
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, config: dict, images: list, k: int = 5) -> list:
+    """[(class name, probability)] * k for each PIL image, best first."""
+    size = config["image_size"]
+    transform = eval_transform(image_size=size, small=head_for(size) == "small")
+    batch = torch.stack([transform(to_rgb(im)) for im in images]).float() / 255
+    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    probs = model((batch - mean) / std).softmax(dim=1)
+    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    names = config["class_names"]
+    return [[(names[i], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vgg16.predict", description="Top-5 classes of images.")
+    parser.add_argument("--model", required=True, help="an output folder, a .safetensors file or a hub model id")
+    parser.add_argument("images", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        model, config = from_pretrained(args.model)
+        images = []
+        for path in args.images:
+            try:
+                images.append(open_image({"path": path}))
+            except BAD_IMAGE_ERRORS as e:
+                raise UsageError(f"cannot read image {path} ({e})") from None
+    except UsageError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    for path, top in zip(args.images, predict(model, config, images)):
+        print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

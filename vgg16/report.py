@@ -1,0 +1,95 @@
+"""What a run leaves for people: the seed's results table (results.md), curves.png, and
+`python -m vgg16.report RUN_DIR [RUN_DIR ...]`, which merges runs into one table.
+
+    python -m vgg16.report output_1p_gpu output_8p_npu > table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+DEVICE_NAMES = {"cpu": "CPU", "cuda": "GPU", "npu": "NPU"}
+COLUMNS = ("NAME", "Acc@1", "Acc@5", "FPS", "Epochs", "AMP_Type", "Torch", "Device")
+
+
+def run_name(results: dict) -> str:
+    """The seed's NAME column: processes and device, e.g. 1p-GPU, 8p-NPU."""
+    return f"{results['num_processes']}p-{DEVICE_NAMES.get(results['device'], results['device'].upper())}"
+
+
+def amp_type(results: dict) -> str:
+    return {"no": "fp32"}.get(results["mixed_precision"], results["mixed_precision"])
+
+
+def table_row(results: dict) -> list:
+    return [run_name(results), f"{results.get('acc1', 0):.3f}", f"{results.get('acc5', 0):.3f}",
+            f"{results.get('fps', 0):.1f}", str(results.get("epochs", 0)), amp_type(results),
+            results["torch"].split("+")[0], results.get("device_name", results["device"])]
+
+
+def results_table(runs: Sequence[dict]) -> str:
+    """Markdown in the seed's layout, one row per run, sorted so 1p rows precede 8p rows and GPU sits by NPU."""
+    rows = [table_row(r) for r in sorted(runs, key=lambda r: (r["num_processes"], r["device"]))]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results_md(output_dir: Path, results: dict) -> None:
+    text = (f"# {results['arch']} on {results['dataset']}\n\n" + results_table([results]) +
+            f"\nGlobal batch {results['global_batch_size']} ({results['per_process_batch_size']} per process x "
+            f"{results['num_processes']} processes x {results['grad_accum']} accumulation), lr {results['lr']:g}, "
+            f"{results.get('steps', 0)} optimizer steps, {results.get('val_images', 0)} validation images.\n")
+    (output_dir / "results.md").write_text(text)
+
+
+def plot_curves(history: Sequence[dict], path: Path, title: str) -> None:
+    """curves.png: training and validation loss, top-1/top-5 and FPS against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; chosen here so importing this module sets no global state
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc, ax_fps) = plt.subplots(1, 3, figsize=(13, 3.8))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "s--", label="validation")
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [h["acc1"] for h in history], "o-", label="top-1")
+    ax_acc.plot(epochs, [h["acc5"] for h in history], "s--", label="top-5")
+    ax_acc.set(title="validation accuracy (%)", xlabel="epoch", ylim=(0, 100))
+    ax_acc.legend(loc="lower right")
+    ax_fps.bar(epochs, [h["fps"] for h in history], color="tab:gray")
+    ax_fps.set(title="training images/s (all processes)", xlabel="epoch")
+    for ax in (ax_loss, ax_acc, ax_fps):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vgg16.report", description="Merge runs into the seed's table.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output folders holding results.json")
+    args = parser.parse_args(argv)
+    runs = []
+    for run in args.runs:
+        path = Path(run) / "results.json"
+        try:
+            runs.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            print(f"error: cannot read {path} ({e})", file=sys.stderr)
+            return 2
+    sys.stdout.write(results_table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
