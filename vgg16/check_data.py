@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import datasets
 
-from .data import BAD_IMAGE_ERRORS, describe, open_image, to_rgb
+from .data import BAD_IMAGE_ERRORS, decode_image, describe
 from .errors import UsageError, one_line
 from .sources import load_source
 
@@ -33,7 +33,7 @@ def _check_range(bounds: tuple) -> list:
     for i in range(*bounds):
         raw = _split[i]["image"]
         try:
-            to_rgb(open_image(raw))
+            decode_image(raw)
         except BAD_IMAGE_ERRORS as e:
             bad.append((describe(raw, i), f"{type(e).__name__}: {e}"))
     return bad

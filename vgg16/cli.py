@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--loss-scale", metavar="N|dynamic", help="fp16 loss scale: a number (never grows) or dynamic")
     x.add_argument("--device", choices=DEVICES, help="stop unless the launch really runs on this device")
     x.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    x.add_argument("--channels-last", action="store_true", help="NHWC model and inputs (GPU speed-up)")
+    x.add_argument("--compile", action="store_true", help="torch.compile (inductor) through Accelerate; GPU only")
 
     r = p.add_argument_group("run")
     r.add_argument("--output-dir", default="./output")
@@ -162,6 +164,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         lr_scheduler=ns.lr_scheduler, lr_step_size=ns.lr_step_size, lr_gamma=ns.lr_gamma,
         warmup_epochs=ns.warmup_epochs, label_smoothing=ns.label_smoothing, seed=ns.seed,
         mixed_precision=mixed_precision, loss_scale=loss_scale, device=ns.device, deterministic=ns.deterministic,
+        channels_last=ns.channels_last, compile=ns.compile,
         output_dir=ns.output_dir, print_freq=ns.print_freq, evaluate=ns.evaluate, resume=ns.resume, keep_checkpoints=ns.keep_checkpoints,
         checkpoint_every=ns.checkpoint_every,
         stop_step_num=ns.stop_step_num, prof=ns.prof, debug=ns.debug, notes=notes,

@@ -85,6 +85,10 @@ class TrainConfig:
     device: Optional[str] = None
     """Expected device ('cpu', 'gpu', 'npu'); the run stops if the launch put it elsewhere."""
     deterministic: bool = False
+    channels_last: bool = False
+    """NHWC memory format for the model and its inputs (faster convolutions on recent GPUs; opt-in, unverified on NPU)."""
+    compile: bool = False
+    """torch.compile through Accelerate's dynamo settings; GPU only."""
 
     # --- run control and outputs ---
     output_dir: str = "./output"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from .errors import UsageError
@@ -64,12 +66,24 @@ BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 MAX_REPLACEMENTS = 16
 
 
-def open_image(raw: dict) -> Image.Image:
-    """Decode a datasets.Image value stored undecoded ({'bytes', 'path'}) fully, so a bad file fails here."""
-    source = io.BytesIO(raw["bytes"]) if raw.get("bytes") else raw["path"]
-    image = Image.open(source)
+def decode_image(raw: dict):
+    """An RGB image from a datasets.Image value stored undecoded ({'bytes', 'path'}), decoded in full so a bad
+    file fails here (OSError).
+
+    JPEG goes through torchvision's libjpeg-turbo decoder straight to a uint8 CHW tensor: about 1.4x PIL per core
+    here (805 against 575 images/s with the same RandomResizedCrop), pixel-identical to PIL for RGB, greyscale and
+    CMYK files. Everything else goes through PIL and `to_rgb`. The transforms accept either. (torchvision 0.29
+    marks its decoders deprecated in favour of TorchCodec; they still ship and run, and a swap stays in here.)
+    """
+    data = raw["bytes"] if raw.get("bytes") else Path(raw["path"]).read_bytes()
+    if data[:3] == b"\xff\xd8\xff":
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError as e:  # truncated or corrupt: what PIL reports as OSError
+            raise OSError(str(e).strip().splitlines()[-1]) from None
+    image = Image.open(io.BytesIO(data))
     image.load()
-    return image
+    return to_rgb(image)
 
 
 def describe(raw: dict, index: int) -> str:
@@ -101,12 +115,13 @@ class AugmentedDataset(Dataset):
         return len(self.data)
 
     def _load(self, index: int) -> tuple:
-        """(RGB image, label, unreadable files skipped) for `index`, or the first readable sample after it."""
+        """(RGB image or uint8 tensor, label, unreadable files skipped) for `index`, or the first readable
+        sample after it."""
         for bad in range(MAX_REPLACEMENTS):
             i = (index + bad) % len(self.data)
             example = self.data[i]
             try:
-                return to_rgb(open_image(example["image"])), example["label"], bad
+                return decode_image(example["image"]), example["label"], bad
             except BAD_IMAGE_ERRORS as e:
                 where = describe(example["image"], i)
                 if self.strict:

@@ -43,6 +43,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
             kwargs_handlers=handlers,
             step_scheduler_with_optimizer=False,
+            dynamo_backend="inductor" if cfg.compile else None,
         )
     except ValueError as e:
         message = str(e).splitlines()[0]
@@ -61,6 +62,9 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:
     if cfg.device and accelerator.device.type != DEVICE_TYPES[cfg.device]:
         raise UsageError(f"--device {cfg.device}, but this launch runs on {accelerator.device.type}: "
                          f"{DEVICE_HINTS[cfg.device]}")
+    if cfg.compile and accelerator.device.type != "cuda":
+        raise UsageError(f"--compile is for NVIDIA GPUs; this run is on {accelerator.device.type} "
+                         "(torch.compile is not supported for NPU training, and on CPU compiling costs more than it saves)")
     if cfg.loss_scale is not None and accelerator.mixed_precision != "fp16":
         raise UsageError(f"--loss-scale applies to fp16, but this run uses {accelerator.mixed_precision}: "
                          "add --mixed-precision fp16 (or --amp), or drop --loss-scale")

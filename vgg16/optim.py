@@ -10,9 +10,12 @@ from torch import nn
 
 
 def build_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
-                    nesterov: bool) -> torch.optim.SGD:
-    """SGD over all parameters with weight decay on all of them, as torchvision's VGG recipe trains."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+                    nesterov: bool, fused: bool = False) -> torch.optim.SGD:
+    """SGD over all parameters with weight decay on all of them, as torchvision's VGG recipe trains.
+
+    fused: one kernel for the whole update (CUDA); otherwise torch picks the multi-tensor (foreach) path."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                           fused=fused or None)
 
 
 def lr_factor(*, kind: str, steps_per_epoch: int, total_steps: int, warmup_steps: int, step_size: int,

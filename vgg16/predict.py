@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .data import BAD_IMAGE_ERRORS, eval_transform, open_image, to_rgb
+from .data import BAD_IMAGE_ERRORS, decode_image, eval_transform
 from .errors import UsageError, one_line
 from .hub import from_pretrained
 from .model import head_for
@@ -20,10 +20,10 @@ from .model import head_for
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, config: dict, images: list, k: int = 5) -> list:
-    """[(class name, probability)] * k for each PIL image, best first."""
+    """[(class name, probability)] * k for each image (RGB PIL image or uint8 CHW tensor), best first."""
     size = config["image_size"]
     transform = eval_transform(image_size=size, small=head_for(size) == "small")
-    batch = torch.stack([transform(to_rgb(im)) for im in images]).float() / 255
+    batch = torch.stack([transform(im) for im in images]).float() / 255
     mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(config["std"]).view(1, 3, 1, 1)
     probs = model((batch - mean) / std).softmax(dim=1)
@@ -42,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         images = []
         for path in args.images:
             try:
-                images.append(open_image({"path": path}))
+                images.append(decode_image({"path": path}))
             except BAD_IMAGE_ERRORS as e:
                 raise UsageError(f"cannot read image {path} ({e})") from None
     except UsageError as e:

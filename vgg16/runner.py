@@ -146,7 +146,7 @@ def run(cfg: TrainConfig) -> dict:
                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "device": accelerator.device.type, "device_name": device_name(accelerator), "torch": torch.__version__, "accelerate": accelerate.__version__,
                "lr": lr, "base_lr": cfg.lr, "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "command": " ".join(sys.argv)}
-    normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device)
+    normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device, channels_last=cfg.channels_last)
 
     if cfg.evaluate:
         model, val_loader = accelerator.prepare(model, val_loader)
@@ -159,8 +159,10 @@ def run(cfg: TrainConfig) -> dict:
             raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch "
                              f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
                              "lower --batch-size")
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                    nesterov=cfg.nesterov)
+                                    nesterov=cfg.nesterov, fused=accelerator.device.type == "cuda")
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
         _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, model_config, results, log)
     _finish(cfg, accelerator, output_dir, results, model_config, log)

@@ -43,10 +43,14 @@ def _features(class_names: list) -> datasets.Features:
 
 
 def _first_image_is_small(ds: datasets.Dataset) -> bool:
-    if len(ds) == 0:
-        return False
-    image = ds[0]["image"]
-    return max(image.size) < 64
+    """Whether images are CIFAR-sized, judged by the first one that decodes (a bad file must not stop a run)."""
+    undecoded = ds.cast_column("image", datasets.Image(decode=False))
+    for i in range(min(len(ds), 16)):
+        try:
+            return max(datasets.Image().decode_example(undecoded[i]["image"]).size) < 64
+        except (OSError, ValueError, SyntaxError):
+            continue
+    return False
 
 
 # ---------------------------------------------------------------- ImageNet-style folders

@@ -1,0 +1,93 @@
+"""The fast input path keeps the reference augmentation, the index scales, and the benchmark reports ratios.
+
+Speeds are measured by `python -m vgg16.benchmark`, not asserted here."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, class_image, make_image_folder
+from PIL import Image
+
+from vgg16.data import decode_image, sample_seed, train_transform
+from vgg16.sources import load_source
+
+
+def _jpeg(mode, size=(300, 200), seed=0):
+    img = Image.fromarray(class_image(1, np.random.default_rng(seed), size)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_jpeg_fast_path_is_pixel_identical_to_pil(mode):
+    data = _jpeg(mode)
+    fast = decode_image({"bytes": data, "path": None})
+    reference = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+    assert fast.dtype == torch.uint8 and torch.equal(fast, reference)
+
+
+def test_truncated_jpeg_is_a_bad_image_not_a_crash():
+    data = _jpeg("RGB")
+    with pytest.raises(OSError):
+        decode_image({"bytes": data[: len(data) // 2], "path": None})
+
+
+def test_tensor_and_pil_paths_draw_the_same_crops():
+    """Same seed, same RandomResizedCrop box and flip whichever decoder ran: the augmentation distribution is
+    torchvision's reference one (checked via its parameters in test_data), only the decoder changed."""
+    data = _jpeg("RGB", size=(500, 375))
+    as_tensor = decode_image({"bytes": data, "path": None})
+    as_pil = Image.open(io.BytesIO(data)).convert("RGB")
+    transform = train_transform(image_size=224, small=False)
+    for index in range(20):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(0, 0, index))
+            a = transform(as_tensor)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(0, 0, index))
+            b = transform(as_pil)
+        # Different resize implementations (torch vs PIL), same box: pixels agree to a few levels on average.
+        assert (a.float() - b.float()).abs().mean() < 4, index
+
+
+def test_indexing_a_100k_file_imagenet_tree(tmp_path):
+    root = tmp_path / "big"
+    for split, per_class in (("train", 100), ("val", 5)):
+        for c in range(1000):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                (folder / f"{i}.JPEG").touch()
+    data = load_source(str(root), seed=0)  # empty files: unreadable, but indexing must not open them all
+    assert (len(data.train), len(data.val), len(data.class_names)) == (100_000, 5_000, 1000)
+    assert data.train.select([99_999])["label"] == [999] and data.class_names[0] == "n00000000"
+
+
+def _benchmark(*args):
+    done = subprocess.run([sys.executable, "-m", "vgg16.benchmark", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_benchmark_train_prints_both_rates_and_the_ratio():
+    r = _benchmark("train", "--arch", "vgg11", "--image-size", "32", "--batch-size", "4", "--steps", "3", "--rounds", "1")
+    assert r["images_per_s"] > 0 and r["baseline_images_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["images_per_s"] / r["baseline_images_per_s"])
+    assert 0.8 < r["gflop_per_image"] < 1.1  # VGG11 at 32 px: 0.155 GMAC = 0.31 GFLOP forward, x3 for training
+
+
+@pytest.mark.parametrize("split", [[], ["--eval"]])
+def test_benchmark_data_against_torchvision_imagefolder(tmp_path, split):
+    data = make_image_folder(tmp_path / "d", n_train=8, n_val=8)
+    r = _benchmark("data", "--data", str(data), "--batch-size", "4", "--workers", "0", "--steps", "2", "--rounds", "1",
+                   *split)
+    assert r["images_per_s"] > 0 and r["baseline_images_per_s"] > 0 and r["ratio"] > 0
+    assert ("eval" in r["what"]) == bool(split)

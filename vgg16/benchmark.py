@@ -1,0 +1,189 @@
+"""Throughput against the plain PyTorch way, measured in the same run on the same machine.
+
+    python -m vgg16.benchmark data --data DIR [--batch-size 64 --workers N --steps 50 --eval]
+    python -m vgg16.benchmark train [--arch vgg16 --image-size 224 --batch-size 64 --steps 30 --mixed-precision bf16]
+
+`data` times our input pipeline (decode + augment to uint8, normalised later on the device) against torchvision's
+ImageFolder + PIL + ToTensor + Normalize on the same folder, workers and batch. `train` times our training step
+(Accelerate, the engine's train_one_epoch, on synthetic data) against a plain PyTorch loop with the same model,
+batch and optimizer. Both alternate the two sides for `--rounds` rounds and keep each side's best, since a shared
+machine is noisy. The last stdout line is one JSON object with images_per_s, baseline_images_per_s and ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+# Dense peak TFLOP/s of known devices in 16-bit (for FLOP utilisation); add yours with --peak-tflops.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "Ascend910B": 313.0, "Ascend910": 256.0}
+
+
+def _time_loader(loader, steps: int, warmup: int = 2) -> float:
+    """Images/s over `steps` batches after `warmup` batches (loader start-up and worker spawn excluded)."""
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    images, start = 0, time.perf_counter()
+    for _ in range(steps):
+        batch = next(it)
+        images += len(batch[0])
+    return images / (time.perf_counter() - start)
+
+
+def bench_data(args) -> dict:
+    from torchvision import datasets as tv_datasets
+    from torchvision import transforms as T
+
+    from .data import AugmentedDataset, eval_transform, train_transform
+    from .sources import load_source
+
+    source = load_source(args.data, seed=0)
+    split = source.val if args.eval else source.train
+    ours_set = AugmentedDataset(split, (eval_transform if args.eval else train_transform)(image_size=224, small=False), 0)
+    normalize = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    ref_tf = (T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize]) if args.eval else
+              T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize]))
+    folder = os.path.join(args.data, ("val" if os.path.isdir(os.path.join(args.data, "val")) else "validation")
+                          if args.eval else "train")
+    ref_set = tv_datasets.ImageFolder(folder, ref_tf)
+    need = (args.steps + 2) * args.batch_size
+    if len(ours_set) < need:
+        raise SystemExit(f"error: {folder} has {len(ours_set)} images; --steps {args.steps} x --batch-size "
+                         f"{args.batch_size} needs {need}")
+
+    def loader(ds):
+        return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                           drop_last=True, generator=torch.Generator().manual_seed(0),
+                                           persistent_workers=False, prefetch_factor=4 if args.workers else None)
+
+    ours, ref = 0.0, 0.0
+    for _ in range(args.rounds):
+        ref = max(ref, _time_loader(loader(ref_set), args.steps))
+        ours = max(ours, _time_loader(loader(ours_set), args.steps))
+    return {"what": f"data pipeline ({'eval' if args.eval else 'train'} transforms, 224 px)", "images_per_s": ours,
+            "baseline_images_per_s": ref, "ratio": ours / ref, "workers": args.workers,
+            "batch_size": args.batch_size, "images": len(ours_set), "baseline": "torchvision ImageFolder + PIL + "
+            "ToTensor + Normalize"}
+
+
+def _train_flops_per_image(model: nn.Module, image_size: int) -> float:
+    """Forward FLOPs counted by torch (2 per multiply-add) x 3 for forward + backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    return 3.0 * counter.get_total_flops()
+
+
+def bench_train(args) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from .data import IMAGENET_MEAN, IMAGENET_STD, SyntheticImages
+    from .engine import EpochPlan, Normalizer, train_one_epoch
+    from .launch import device_name
+    from .metrics import ThroughputMeter
+    from .model import build_model, head_for
+    from .optim import build_optimizer
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    device = accelerator.device
+    sync = (lambda: torch.accelerator.synchronize()) if device.type != "cpu" else (lambda: None)
+    head = head_for(args.image_size)
+    warmup = 3
+    steps = args.steps + warmup
+
+    def fresh_model():
+        set_seed(0)
+        return build_model(args.arch, 1000, head=head)
+
+    def ours_once() -> float:
+        model = fresh_model()
+        optimizer = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False)
+        data = SyntheticImages(steps * args.batch_size, image_size=args.image_size, num_classes=1000, seed=0)
+        loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, drop_last=True, num_workers=2,
+                                             pin_memory=device.type != "cpu")
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        meter = ThroughputMeter(sync, warmup_steps=warmup)
+        train_one_epoch(model, loader, optimizer, scheduler, nn.CrossEntropyLoss(), accelerator,
+                        Normalizer(IMAGENET_MEAN, IMAGENET_STD, device), meter,
+                        EpochPlan(0, 1, steps, print_freq=10**9), log=lambda m: None)
+        accelerator.free_memory()
+        return meter.fps
+
+    def plain_once() -> float:
+        """The loop a user writes without us: float batches already normalised on the device."""
+        model = fresh_model().to(device)
+        optimizer = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False)
+        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+        y = torch.randint(0, 1000, (args.batch_size,), device=device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        model.train()
+        for i in range(steps):
+            if i == warmup:
+                sync()
+                start = time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = nn.functional.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        sync()
+        return args.steps * args.batch_size / (time.perf_counter() - start)
+
+    ours, plain = 0.0, 0.0
+    for _ in range(args.rounds):
+        plain = max(plain, plain_once())
+        ours = max(ours, ours_once())
+    flops = _train_flops_per_image(fresh_model().to(device), args.image_size)
+    name = device_name(accelerator)
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name.replace(" ", "")), None)
+    result = {"what": f"training step, {args.arch} {args.image_size} px, batch {args.batch_size}, "
+              f"{accelerator.mixed_precision}", "images_per_s": ours, "baseline_images_per_s": plain,
+              "ratio": ours / plain, "device": name, "gflop_per_image": flops / 1e9,
+              "baseline": "plain PyTorch loop, same model, batch and SGD"}
+    if peak:
+        result["flop_utilisation"] = ours * flops / (peak * 1e12)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vgg16.benchmark", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    d = sub.add_parser("data", help="input pipeline against torchvision's ImageFolder")
+    d.add_argument("--data", required=True, help="ImageNet-style folder")
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    d.add_argument("--steps", type=int, default=50)
+    d.add_argument("--eval", action="store_true", help="evaluation transforms (Resize 256 + CenterCrop 224)")
+    t = sub.add_parser("train", help="training step against a plain PyTorch loop")
+    t.add_argument("--arch", default="vgg16")
+    t.add_argument("--image-size", type=int, default=224)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--steps", type=int, default=30)
+    t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    t.add_argument("--peak-tflops", type=float, help="device peak for FLOP utilisation, if not known")
+    for p in (d, t):
+        p.add_argument("--rounds", type=int, default=2, help="alternate both sides this many times; keep the best")
+    args = parser.parse_args(argv)
+    result = bench_data(args) if args.what == "data" else bench_train(args)
+    print(f"{result['what']}: ours {result['images_per_s']:.1f} images/s, baseline {result['baseline_images_per_s']:.1f} "
+          f"images/s ({result['baseline']}), ratio {result['ratio']:.3f}"
+          + (f", FLOP utilisation {100 * result['flop_utilisation']:.1f}%" if "flop_utilisation" in result else ""))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
