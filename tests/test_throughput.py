@@ -29,7 +29,7 @@ def _jpeg(mode, size=(300, 200), seed=0):
 def test_jpeg_fast_path_is_pixel_identical_to_pil(mode):
     data = _jpeg(mode)
     fast = decode_image({"bytes": data, "path": None})
-    reference = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+    reference = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
     assert fast.dtype == torch.uint8 and torch.equal(fast, reference)
 
 

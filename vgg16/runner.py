@@ -144,9 +144,12 @@ def run(cfg: TrainConfig) -> dict:
                "num_classes": len(classes), "train_images": len(train_set), "global_batch_size": global_batch,
                "per_process_batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-               "device": accelerator.device.type, "device_name": device_name(accelerator), "torch": torch.__version__, "accelerate": accelerate.__version__,
-               "lr": lr, "base_lr": cfg.lr, "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "command": " ".join(sys.argv)}
+               "device": accelerator.device.type, "device_name": device_name(accelerator),
+               "torch": torch.__version__, "accelerate": accelerate.__version__, "lr": lr, "base_lr": cfg.lr,
+               "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "command": " ".join(sys.argv)}
     normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device, channels_last=cfg.channels_last)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
     if cfg.evaluate:
         model, val_loader = accelerator.prepare(model, val_loader)
@@ -159,8 +162,6 @@ def run(cfg: TrainConfig) -> dict:
             raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch "
                              f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
                              "lower --batch-size")
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     nesterov=cfg.nesterov, fused=accelerator.device.type == "cuda")
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
