@@ -64,6 +64,8 @@ def test_old_distributed_flags_name_their_replacement(flags, replacement):
     (["--resume", "/no/such/ckpt", "--epochs", "1"], "no such checkpoint folder"),
     (["--pretrained", "weights.pth"], "no such file"),
     (["--device", "gpu"], "--device gpu, but this launch runs on cpu"),
+    (["--gpu-decode"], "--gpu-decode uses nvJPEG on NVIDIA GPUs"),
+    (["--compile"], "--compile is for NVIDIA GPUs"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
     code = main([*args, "--output-dir", str(tmp_path / "out")])

@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, class_image, make_image_folder
 from PIL import Image
 
-from vgg16.data import decode_image, sample_seed, train_transform
+from vgg16.data import decode_image, sample_seed, seeded, train_transform
 from vgg16.sources import load_source
 
 
@@ -47,11 +47,9 @@ def test_tensor_and_pil_paths_draw_the_same_crops():
     as_pil = Image.open(io.BytesIO(data)).convert("RGB")
     transform = train_transform(image_size=224, small=False)
     for index in range(20):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(0, 0, index))
+        with seeded(sample_seed(0, 0, index)):
             a = transform(as_tensor)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(0, 0, index))
+        with seeded(sample_seed(0, 0, index)):
             b = transform(as_pil)
         # Different resize implementations (torch vs PIL), same box: pixels agree to a few levels on average.
         assert (a.float() - b.float()).abs().mean() < 4, index
@@ -91,3 +89,46 @@ def test_benchmark_data_against_torchvision_imagefolder(tmp_path, split):
                    *split)
     assert r["images_per_s"] > 0 and r["baseline_images_per_s"] > 0 and r["ratio"] > 0
     assert ("eval" in r["what"]) == bool(split)
+
+
+def _jpeg_folder(root, n=4):
+    rng = np.random.default_rng(3)
+    for split in ("train", "val"):
+        for label, name in enumerate(("a", "b")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(class_image(label, rng, (64 + 8 * i, 48))).save(root / split / name / f"{i}.jpg")
+    return root
+
+
+def _decoded_batches(train, indices_batches, epoch=1):
+    """Run the --gpu-decode path (EncodedImages -> collate -> BatchDecoder) with the CPU as the device."""
+    from vgg16.gpu_decode import BatchDecoder, EncodedImages, collate_encoded
+
+    train.set_epoch(epoch)
+    encoded = EncodedImages(train)
+    decoder = BatchDecoder(train, "cpu")
+    return [decoder(collate_encoded([encoded[i] for i in batch])) for batch in indices_batches]
+
+
+@pytest.mark.parametrize("layout", ["jpeg-only", "mixed-formats", "with-a-truncated-jpeg"])
+def test_gpu_decode_path_gives_the_cpu_paths_images(tmp_path, layout, monkeypatch):
+    from vgg16.data import AugmentedDataset
+
+    root = _jpeg_folder(tmp_path / "j") if layout != "mixed-formats" else make_image_folder(tmp_path / "m")
+    if layout == "with-a-truncated-jpeg":
+        path = root / "train" / "a" / "1.jpg"
+        path.write_bytes(path.read_bytes()[:200])
+    data = load_source(str(root), seed=0)
+    train = AugmentedDataset(data.train, train_transform(image_size=32, small=False), seed=5)
+    batches = [[0, 1, 2], [3, 4, 5]]
+    with monkeypatch.context() as m:
+        if layout == "jpeg-only":  # the batched decoder must do it all: no per-sample CPU fallback
+            m.setattr(AugmentedDataset, "_load", lambda *a: pytest.fail("fell back to the CPU path"))
+        decoded = _decoded_batches(train, batches)
+    for (images, labels, bad), batch in zip(decoded, batches):
+        reference = [train[i] for i in batch]  # the CPU path, same epoch
+        assert torch.equal(images, torch.stack([r[0] for r in reference]))
+        assert labels.tolist() == [r[1] for r in reference] and bad.tolist() == [r[2] for r in reference]
+    if layout == "with-a-truncated-jpeg":
+        assert _decoded_batches(train, [[1]])[0][2].tolist() == [1]

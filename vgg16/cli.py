@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
     x.add_argument("--channels-last", action="store_true", help="NHWC model and inputs (GPU speed-up)")
     x.add_argument("--compile", action="store_true", help="torch.compile (inductor) through Accelerate; GPU only")
+    x.add_argument("--gpu-decode", action="store_true",
+                   help="decode JPEG batches on the GPU (nvJPEG); workers only read files. NVIDIA only")
 
     r = p.add_argument_group("run")
     r.add_argument("--output-dir", default="./output")
@@ -164,7 +166,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         lr_scheduler=ns.lr_scheduler, lr_step_size=ns.lr_step_size, lr_gamma=ns.lr_gamma,
         warmup_epochs=ns.warmup_epochs, label_smoothing=ns.label_smoothing, seed=ns.seed,
         mixed_precision=mixed_precision, loss_scale=loss_scale, device=ns.device, deterministic=ns.deterministic,
-        channels_last=ns.channels_last, compile=ns.compile,
+        channels_last=ns.channels_last, compile=ns.compile, gpu_decode=ns.gpu_decode,
         output_dir=ns.output_dir, print_freq=ns.print_freq, evaluate=ns.evaluate, resume=ns.resume, keep_checkpoints=ns.keep_checkpoints,
         checkpoint_every=ns.checkpoint_every,
         stop_step_num=ns.stop_step_num, prof=ns.prof, debug=ns.debug, notes=notes,

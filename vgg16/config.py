@@ -89,6 +89,8 @@ class TrainConfig:
     """NHWC memory format for the model and its inputs (faster convolutions on recent GPUs; opt-in, unverified on NPU)."""
     compile: bool = False
     """torch.compile through Accelerate's dynamo settings; GPU only."""
+    gpu_decode: bool = False
+    """Decode JPEG batches on the GPU (nvJPEG); loader workers only read files."""
 
     # --- run control and outputs ---
     output_dir: str = "./output"
@@ -152,6 +154,7 @@ class TrainConfig:
         need(self.loss_scale is None or self.mixed_precision in (None, "fp16"),
              "--loss-scale only applies to fp16: add --mixed-precision fp16 (or --amp)")
         need(self.device is None or self.device in DEVICES, f"unknown --device {self.device!r}: use cpu, gpu or npu")
+        need(not (self.gpu_decode and self.dataset == "synthetic"), "--gpu-decode has nothing to decode with --dataset synthetic")
         need(not self.push_to_hub or bool(self.hub_model_id),
              "--push-to-hub needs --hub-model-id USER/NAME (the repo to create or update)")
         need(not self.evaluate or bool(self.resume or self.pretrained),

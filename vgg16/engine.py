@@ -69,13 +69,15 @@ class _NonFiniteWatch:
 
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: nn.Module, accelerator: Accelerator,
                     normalize: Normalizer, meter: ThroughputMeter, plan: EpochPlan, log: Callable[[str], None],
-                    profiler=None, after_step: Optional[Callable] = None, progress: bool = False) -> dict:
+                    profiler=None, after_step: Optional[Callable] = None, progress: bool = False,
+                    prepare_batch: Callable = tuple) -> dict:
     """Run `plan.steps` optimizer steps; return mean loss (over all processes), steps, images, bad images and
     fp16-skipped steps.
 
     `after_step(step_in_epoch, global_step, ensure_finite)` runs after each optimizer step but an epoch's last
     (mid-epoch checkpoints); before saving anything it calls `ensure_finite()`, which raises if a loss was inf/nan.
     progress: a bar on the main process (for terminals) instead of a log line every print_freq steps.
+    prepare_batch: loader batch -> (uint8 images, labels, bad) on the device (--gpu-decode decodes here).
     """
     model.train()
     # Summed on the device: no host sync per step.
@@ -88,7 +90,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
     meter.begin_epoch(plan.steps)
     bar = tqdm(total=plan.first_step + plan.steps, initial=plan.first_step, disable=not progress,
                desc=f"epoch {plan.epoch + 1}/{plan.epochs}", main_process_only=True, dynamic_ncols=True)
-    for images, labels, bad in loader:
+    for batch in loader:
+        images, labels, bad = prepare_batch(batch)
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 loss = criterion(model(normalize(images)), labels)
@@ -147,12 +150,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, accelerator: Accelerator, normalize: Normalizer,
-             topk: int = 5, log: Optional[Callable[[str], None]] = None) -> dict:
+             topk: int = 5, log: Optional[Callable[[str], None]] = None, prepare_batch: Callable = tuple) -> dict:
     """Top-1/top-5 over the whole validation set, each image counted once whatever the process count."""
     model.eval()
     metric = new_topk_metric()
     loss_sum, count, bad_images = 0.0, 0, 0
-    for images, labels, bad in loader:
+    for batch in loader:
+        images, labels, bad = prepare_batch(batch)
         with accelerator.autocast():
             logits = model(normalize(images))
         losses = nn.functional.cross_entropy(logits.float(), labels, reduction="none")

@@ -65,6 +65,8 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:
     if cfg.compile and accelerator.device.type != "cuda":
         raise UsageError(f"--compile is for NVIDIA GPUs; this run is on {accelerator.device.type} "
                          "(torch.compile is not supported for NPU training, and on CPU compiling costs more than it saves)")
+    if cfg.gpu_decode and accelerator.device.type != "cuda":
+        raise UsageError(f"--gpu-decode uses nvJPEG on NVIDIA GPUs; this run is on {accelerator.device.type}: drop it")
     if cfg.loss_scale is not None and accelerator.mixed_precision != "fp16":
         raise UsageError(f"--loss-scale applies to fp16, but this run uses {accelerator.mixed_precision}: "
                          "add --mixed-precision fp16 (or --amp), or drop --loss-scale")

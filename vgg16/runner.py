@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, SyntheticImages, build_loaders, eval_transform, train_transform
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, evaluate, train_one_epoch
 from .errors import UsageError, one_line
+from .gpu_decode import BatchDecoder, EncodedImages, collate_encoded
 from .card import model_card
 from .hub import PushFailed, push_to_hub
 from .launch import assert_processes_agree, default_workers, device_name, make_accelerator, use_cpu_cores
@@ -125,8 +126,14 @@ def run(cfg: TrainConfig) -> dict:
         raise UsageError(f"{len(val_set)} validation image(s) for {accelerator.num_processes} processes: every process "
                          "needs at least one; launch fewer processes or use a larger validation split")
     workers = default_workers(cfg.workers, accelerator.num_processes)
-    train_loader, val_loader = build_loaders(train_set, val_set, batch_size=cfg.batch_size, workers=workers,
-                                             seed=cfg.seed, pin_memory=accelerator.device.type != "cpu")
+    decoders = (BatchDecoder(train_set, accelerator.device), BatchDecoder(val_set, accelerator.device)) \
+        if cfg.gpu_decode else (tuple, tuple)
+    loader_sets = (EncodedImages(train_set), EncodedImages(val_set)) if cfg.gpu_decode else (train_set, val_set)
+    train_loader, val_loader = build_loaders(*loader_sets, batch_size=cfg.batch_size, workers=workers, seed=cfg.seed,
+                                             pin_memory=accelerator.device.type != "cpu",
+                                             collate_fn=collate_encoded if cfg.gpu_decode else None)
+    # nvJPEG reads its input bytes from host memory: with --gpu-decode the loaders leave batches on the CPU.
+    on_device = not cfg.gpu_decode
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
     lr = cfg.lr * global_batch / LR_REFERENCE_BATCH if cfg.lr_scale_by_batch else cfg.lr
 
@@ -152,8 +159,8 @@ def run(cfg: TrainConfig) -> dict:
         model = model.to(memory_format=torch.channels_last)
 
     if cfg.evaluate:
-        model, val_loader = accelerator.prepare(model, val_loader)
-        metrics = evaluate(model, val_loader, accelerator, normalize, log=log)
+        model, val_loader = accelerator.prepare(model, val_loader, device_placement=[True, on_device])
+        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=decoders[1])
         results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], val_images=metrics["count"],
                        val_loss=metrics["loss"], bad_images=metrics["bad_images"], fps=0.0, epochs=0, steps=0,
                        evaluated=cfg.resume or cfg.pretrained)
@@ -164,14 +171,16 @@ def run(cfg: TrainConfig) -> dict:
                              "lower --batch-size")
         optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     nesterov=cfg.nesterov, fused=accelerator.device.type == "cuda")
-        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-        _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, model_config, results, log)
+        model, optimizer, train_loader, val_loader = accelerator.prepare(
+            model, optimizer, train_loader, val_loader, device_placement=[True, True, on_device, on_device])
+        _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, decoders, model_config, results,
+             log)
     _finish(cfg, accelerator, output_dir, results, model_config, log)
     return results
 
 
-def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, model_config: dict,
-         results: dict, log) -> None:
+def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, decoders: tuple,
+         model_config: dict, results: dict, log) -> None:
     """The epoch loop: train, evaluate, checkpoint, export, update results (in place) after every epoch."""
     output_dir = Path(cfg.output_dir)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
@@ -221,10 +230,11 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
         plan = EpochPlan(epoch, cfg.epochs, min(steps_per_epoch - first, remaining), cfg.print_freq, first, global_step)
         with _profiler(cfg, accelerator, output_dir, first=epoch == start_epoch) as profiler:
             stats = train_one_epoch(model, loader, optimizer, scheduler, criterion, accelerator, normalize, meter, plan,
-                                    log, profiler, after_step=save_mid_epoch(epoch), progress=progress)
+                                    log, profiler, after_step=save_mid_epoch(epoch), progress=progress,
+                                    prepare_batch=decoders[0])
         global_step += stats["steps"]
         skipped += stats["skipped_steps"]
-        metrics = evaluate(model, val_loader, accelerator, normalize, log=log)
+        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=decoders[1])
         best_acc1 = max(best_acc1, metrics["acc1"])
         finished = first + stats["steps"] == steps_per_epoch
         ckpt.save_training_state(accelerator, checkpoints,
