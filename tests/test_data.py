@@ -1,5 +1,4 @@
 import torch
-from conftest import make_image_folder
 
 from vgg16.data import AugmentedDataset, SyntheticImages, build_loaders, eval_transform, sample_seed, train_transform
 from vgg16.sources import load_source

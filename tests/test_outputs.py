@@ -2,7 +2,6 @@
 the weights (from_pretrained, predict)."""
 
 import json
-import shutil
 
 import huggingface_hub
 import pytest
@@ -177,3 +176,18 @@ def test_progress_bar_in_a_terminal_and_lines_in_logs(run_dir, tmp_path, monkeyp
     monkeypatch.setattr("sys.stdout.isatty", lambda: False)
     assert main([*args[:-1], str(tmp_path / "b")]) == 0
     assert "epoch 1/1  step 1/3  loss" in capsys.readouterr().out
+
+
+def test_pretrained_with_another_class_count_replaces_the_last_layer(run_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    data, _ = run_dir
+    source = models.vgg11(num_classes=7)  # torchvision weights for 7 classes; the data has 3
+    save_file(source.state_dict(), str(tmp_path / "tv7.safetensors"))
+    out = tmp_path / "ft"
+    assert main(["--data", str(data), "-a", "vgg11", "--image-size", "64", "-b", "4", "--lr", "1e-9", "-j", "0",
+                 "--stop-step-num", "1", "--pretrained", str(tmp_path / "tv7.safetensors"), "--output-dir", str(out)]) == 0
+    assert "has 7 classes, the data 3: replacing the last layer" in capsys.readouterr().out
+    tuned = load_file(str(out / "model.safetensors"))
+    assert tuned["classifier.6.weight"].shape == (3, 4096)
+    torch.testing.assert_close(tuned["features.0.weight"], source.state_dict()["features.0.weight"], rtol=0, atol=1e-6)

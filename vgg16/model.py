@@ -5,7 +5,6 @@ No Accelerate here: a model is a plain `nn.Module` whose state_dict uses torchvi
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torchvision import models
 
@@ -50,15 +49,6 @@ def build_model(arch: str, num_classes: int, *, head: str = "imagenet", dropout:
     return model
 
 
-def replace_classifier(model: nn.VGG, num_classes: int) -> None:
-    """Swap the last layer for a fresh one with `num_classes` outputs (fine-tuning on another label set)."""
-    last: nn.Linear = model.classifier[-1]
-    new = nn.Linear(last.in_features, num_classes)
-    nn.init.normal_(new.weight, 0, 0.01)
-    nn.init.constant_(new.bias, 0)
-    model.classifier[-1] = new
-
-
 def num_classes_of(state_dict: dict) -> int:
     return int(state_dict["classifier.6.weight"].shape[0])
 
@@ -71,7 +61,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
 def check_state_dict(model: nn.Module, state_dict: dict, source: str) -> None:
     """Refuse weights whose keys or shapes do not match, naming the first difference."""
     expected = model.state_dict()

@@ -29,7 +29,7 @@ from .hub import PushFailed, push_to_hub
 from .launch import assert_processes_agree, default_workers, device_name, make_accelerator, use_cpu_cores
 from .report import plot_curves, write_results_md
 from .metrics import ThroughputMeter
-from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of, replace_classifier
+from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of
 from .optim import build_optimizer, build_scheduler, lr_factor, position_scheduler
 from .sources import load_source
 
