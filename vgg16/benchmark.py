@@ -42,13 +42,13 @@ def bench_data(args) -> dict:
     from torchvision import datasets as tv_datasets
     from torchvision import transforms as T
 
-    from .data import AugmentedDataset, eval_transform, train_transform
+    from .data import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, eval_transform, train_transform
     from .sources import load_source
 
     source = load_source(args.data, seed=0)
     split = source.val if args.eval else source.train
     ours_set = AugmentedDataset(split, (eval_transform if args.eval else train_transform)(image_size=224, small=False), 0)
-    normalize = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     ref_tf = (T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize]) if args.eval else
               T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize]))
     folder = os.path.join(args.data, ("val" if os.path.isdir(os.path.join(args.data, "val")) else "validation")

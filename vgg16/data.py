@@ -67,6 +67,11 @@ BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 MAX_REPLACEMENTS = 16
 
 
+def read_bytes(raw: dict) -> bytes:
+    """The encoded file of a datasets.Image value stored undecoded: its bytes, or the file at its path."""
+    return raw["bytes"] if raw.get("bytes") else Path(raw["path"]).read_bytes()
+
+
 def decode_image(raw: dict):
     """An RGB image from a datasets.Image value stored undecoded ({'bytes', 'path'}), decoded in full so a bad
     file fails here (OSError).
@@ -76,7 +81,7 @@ def decode_image(raw: dict):
     CMYK files. Everything else goes through PIL and `to_rgb`. The transforms accept either. (torchvision 0.29
     marks its decoders deprecated in favour of TorchCodec; they still ship and run, and a swap stays in here.)
     """
-    data = raw["bytes"] if raw.get("bytes") else Path(raw["path"]).read_bytes()
+    data = read_bytes(raw)
     if data[:3] == b"\xff\xd8\xff":
         try:
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)

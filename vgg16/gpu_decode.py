@@ -8,13 +8,11 @@ decoder) and check it gives the CPU path's images bit for bit; the nvJPEG call i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .data import AugmentedDataset, sample_seed, seeded
+from .data import AugmentedDataset, read_bytes, sample_seed, seeded
 
 
 class EncodedImages(Dataset):
@@ -31,8 +29,7 @@ class EncodedImages(Dataset):
 
     def __getitem__(self, index: int):
         example = self.source.data[index]
-        raw = example["image"]
-        data = raw["bytes"] if raw.get("bytes") else Path(raw["path"]).read_bytes()
+        data = read_bytes(example["image"])
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), example["label"], index
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from . import checkpoint as ckpt
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UsageError
 from .model import build_model, check_state_dict, head_of, num_classes_of
 
@@ -56,8 +57,8 @@ def from_pretrained(path_or_id: str) -> tuple[nn.Module, dict]:
     config.setdefault("head", head_of(state))
     config.setdefault("image_size", 32 if config["head"] == "small" else 224)
     config.setdefault("class_names", [str(i) for i in range(config["num_classes"])])
-    config.setdefault("mean", (0.485, 0.456, 0.406))
-    config.setdefault("std", (0.229, 0.224, 0.225))
+    config.setdefault("mean", IMAGENET_MEAN)
+    config.setdefault("std", IMAGENET_STD)
     model = build_model(config["arch"], config["num_classes"], head=config["head"])
     check_state_dict(model, state, str(path_or_id))
     model.load_state_dict(state)

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from .data import BAD_IMAGE_ERRORS, decode_image, eval_transform
+from .engine import Normalizer
 from .errors import UsageError, one_line
 from .hub import from_pretrained
 from .model import head_for
@@ -23,10 +24,8 @@ def predict(model: torch.nn.Module, config: dict, images: list, k: int = 5) -> l
     """[(class name, probability)] * k for each image (RGB PIL image or uint8 CHW tensor), best first."""
     size = config["image_size"]
     transform = eval_transform(image_size=size, small=head_for(size) == "small")
-    batch = torch.stack([transform(im) for im in images]).float() / 255
-    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
-    probs = model((batch - mean) / std).softmax(dim=1)
+    normalize = Normalizer(config["mean"], config["std"], device="cpu")  # the same step training used
+    probs = model(normalize(torch.stack([transform(im) for im in images]))).softmax(dim=1)
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     names = config["class_names"]
     return [[(names[i], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
