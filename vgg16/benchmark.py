@@ -47,7 +47,7 @@ def bench_data(args) -> dict:
 
     source = load_source(args.data, seed=0)
     split = source.val if args.eval else source.train
-    ours_set = AugmentedDataset(split, (eval_transform if args.eval else train_transform)(image_size=224, small=False), 0)
+    ours_set = AugmentedDataset(split, eval_transform(resize_size=256, crop_size=224) if args.eval else train_transform(image_size=224, small=False), 0)
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     ref_tf = (T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize]) if args.eval else
               T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize]))

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import json
 
+from .data import eval_sizes
 from .report import amp_type, results_table
+
+
+def exported_accuracy(results: dict) -> tuple[float, float]:
+    """Top-1/top-5 of the weights in model.safetensors: the model's, or its EMA's when that scored higher."""
+    if results.get("exported_weights") == "ema":
+        return results["ema_acc1"], results["ema_acc5"]
+    return results.get("acc1", 0.0), results.get("acc5", 0.0)
+
+
+def weights_line(results: dict) -> str:
+    if "ema_acc1" not in results:
+        return "Weights: the trained model's."
+    which = "its exponential moving average (--model-ema)" if results.get("exported_weights") == "ema" else "the trained model"
+    return (f"Weights: {which}, the better on validation (model top-1 {results['acc1']:.3f}, EMA top-1 "
+            f"{results['ema_acc1']:.3f}).")
 
 
 def model_card(results: dict, model_config: dict) -> str:
     """YAML front matter (library, tags, dataset, metrics with values) and a short human description."""
     dataset = results["dataset"]
+    acc1, acc5 = exported_accuracy(results)
     front = {
         "library_name": "pytorch",
         "pipeline_tag": "image-classification",
@@ -22,8 +39,8 @@ def model_card(results: dict, model_config: dict) -> str:
                 "task": {"type": "image-classification", "name": "Image Classification"},
                 "dataset": {"type": dataset, "name": dataset, "split": "validation"},
                 "metrics": [
-                    {"type": "accuracy", "name": "top-1 accuracy", "value": round(results.get("acc1", 0.0), 3)},
-                    {"type": "top_5_accuracy", "name": "top-5 accuracy", "value": round(results.get("acc5", 0.0), 3)},
+                    {"type": "accuracy", "name": "top-1 accuracy", "value": round(acc1, 3)},
+                    {"type": "top_5_accuracy", "name": "top-5 accuracy", "value": round(acc5, 3)},
                 ],
             }],
         }],
@@ -39,10 +56,10 @@ def model_card(results: dict, model_config: dict) -> str:
         f"torchvision's `{results['arch']}` ({'small-image head: global pooling, 512-wide classifier' if head == 'small' else 'the standard ImageNet head'}), "
         f"{model_config['image_size']} px input, {len(classes)} classes: {shown}.", "",
         "## Results", "", results_table([results]),
-        f"Top-1 {results.get('acc1', 0):.3f}% and top-5 {results.get('acc5', 0):.3f}% on {results.get('val_images', 0)} "
+        f"Top-1 {acc1:.3f}% and top-5 {acc5:.3f}% on {results.get('val_images', 0)} "
         f"validation images, after {results.get('epochs', 0)} epochs ({results.get('steps', 0)} optimizer steps). "
         f"Throughput {results.get('fps', 0):.1f} images/s over {results['num_processes']} process(es) on "
-        f"{results.get('device_name', results['device'])}, {amp_type(results)}.", "",
+        f"{results.get('device_name', results['device'])}, {amp_type(results)}. {weights_line(results)}", "",
         "## Use", "",
         "```python",
         "import vgg16  # this repository's package",
@@ -55,11 +72,12 @@ def model_card(results: dict, model_config: dict) -> str:
         *([] if head == "imagenet" else ["# small head: see config.json (head: small)"]),
         "model.load_state_dict(safetensors.torch.load_file(\"model.safetensors\"))",
         "```", "",
-        f"Inputs: RGB, resized and center-cropped to {model_config['image_size']} px, normalised with mean "
+        f"Inputs: RGB, resized to {eval_sizes(model_config)[0]} px and center-cropped to {eval_sizes(model_config)[1]} px, normalised with mean "
         f"{list(model_config['mean'])} and std {list(model_config['std'])}.", "",
         "## Training", "",
         f"- command: `{results.get('command', '')}`",
         f"- global batch {results['global_batch_size']} ({results['per_process_batch_size']} per process x "
-        f"{results['num_processes']} x {results['grad_accum']}), SGD lr {results['lr']:g}, seed {results['seed']}",
+        f"{results['num_processes']} x {results['grad_accum']}), recipe {results.get('recipe', '-')}, lr {results['lr']:g}, "
+        f"seed {results['seed']}",
         f"- torch {results['torch']}, accelerate {results['accelerate']}", "",
     ])

@@ -9,8 +9,20 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from .config import ARCHS, DEVICES, OPT_LEVELS, PRECISIONS, SCHEDULERS, TrainConfig
+import dataclasses
+
+from .config import (ARCHS, AUTO_AUGMENTS, DEVICES, INTERPOLATIONS, LR_UPDATES, OPT_LEVELS, OPTIMIZERS, PRECISIONS,
+                     WARMUP_METHODS, TrainConfig)
 from .errors import UsageError
+from .recipes import RECIPES, help_default
+
+
+def _from_recipe(option: str) -> str:
+    return f"default from --recipe: {help_default(option)}"
+
+
+# torchvision's reference spells its schedulers by class name; both spellings work.
+SCHEDULER_NAMES = {"step": "step", "steplr": "step", "cosine": "cosine", "cosineannealinglr": "cosine"}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -49,8 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "save_to_disk folder, or a hub dataset name; omit for the embedded digits")
     d.add_argument("--dataset", default="auto", help="synthetic (random tensors, for throughput) or digits")
     d.add_argument("--num-classes", type=int, help="class count for --dataset synthetic (default 1000)")
-    d.add_argument("--image-size", type=int, help="training crop (default 224; 32 for images below 64 px)")
-    d.add_argument("--hflip", type=float, help="horizontal flip probability (default 0.5; 0 on the embedded digits)")
+    d.add_argument("--image-size", "--train-crop-size", dest="image_size", type=int,
+                   help="training crop (default 224, or the recipe's; 32 for images below 64 px)")
+    d.add_argument("--val-resize-size", type=int, help="resize before the validation crop (default crop x 256/224)")
+    d.add_argument("--val-crop-size", type=int, help="validation centre crop (default: the training crop)")
+    d.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear", help="resize interpolation")
+    d.add_argument("--hflip", type=float, help="horizontal flip probability; " + _from_recipe("hflip"))
+    d.add_argument("--auto-augment", choices=AUTO_AUGMENTS, metavar="POLICY",
+                   help=f"{' | '.join(AUTO_AUGMENTS)}: RandAugment, TrivialAugmentWide, AugMix or an AutoAugment "
+                   "policy; " + _from_recipe("auto_augment"))
+    d.add_argument("--ra-magnitude", type=int, default=9, help="RandAugment magnitude (default 9)")
+    d.add_argument("--augmix-severity", type=int, default=3, help="AugMix severity (default 3)")
+    d.add_argument("--random-erase", type=float, metavar="P", help="random erasing probability; " + _from_recipe("random_erase"))
+    d.add_argument("--mixup-alpha", type=float, help="mixup Beta(alpha, alpha), batch-level; " + _from_recipe("mixup_alpha"))
+    d.add_argument("--cutmix-alpha", type=float, help="cutmix Beta(alpha, alpha), batch-level; " + _from_recipe("cutmix_alpha"))
+    d.add_argument("--ra-sampler", action=argparse.BooleanOptionalAction,
+                   help="repeated augmentation: each image --ra-reps times per epoch; " + _from_recipe("ra_sampler"))
+    d.add_argument("--ra-reps", type=int, default=3, help="repetitions for --ra-sampler (default 3)")
     d.add_argument("--strict-data", action="store_true",
                    help="stop at the first unreadable image (default: skip it, warn once, count it in results.json)")
     d.add_argument("-j", "--workers", type=int, help="data loading workers per process (default: CPUs / processes, max 8)")
@@ -63,22 +90,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision-format weights: a .safetensors file, an exported folder or a hub model id")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", "--epoch", dest="epochs", type=int, help="default 90 (8 on the embedded digits)")
+    o.add_argument("--recipe", choices=list(RECIPES),
+                   help="fills every option you do not give (README: Recipes); default torchvision with --data, "
+                   "digits without")
+    o.add_argument("--epochs", "--epoch", dest="epochs", type=int, help=_from_recipe("epochs"))
     o.add_argument("--start-epoch", type=int, help="epoch to start from (overrides the one stored by --resume)")
-    o.add_argument("-b", "--batch-size", type=int, help="per process (default 32; 64 on the embedded digits)")
+    o.add_argument("-b", "--batch-size", type=int, help="per process; " + _from_recipe("batch_size"))
     o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
-    o.add_argument("--lr", "--learning-rate", dest="lr", type=float, help="default 0.01 (0.05 on the embedded digits)")
+    o.add_argument("--opt", choices=OPTIMIZERS, help=_from_recipe("opt"))
+    o.add_argument("--lr", "--learning-rate", dest="lr", type=float, help=_from_recipe("lr"))
     o.add_argument("--lr-scale-by-batch", action="store_true",
                    help="linear scaling rule: the lr used is --lr x global batch / 256 (printed at start)")
     o.add_argument("--momentum", "--mom", dest="momentum", type=float, default=0.9)
-    o.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float,
-                   help="default 1e-4 (5e-4 on the embedded digits)")
-    o.add_argument("--nesterov", action="store_true")
-    o.add_argument("--lr-scheduler", choices=SCHEDULERS, help="default step (cosine on the embedded digits)")
-    o.add_argument("--lr-step-size", type=int, default=30, help="epochs between lr decays for step (default 30)")
-    o.add_argument("--lr-gamma", type=float, default=0.1)
-    o.add_argument("--warmup-epochs", type=float, help="linear warm-up from lr/100 (default 0; 1 on the embedded digits)")
-    o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, help=_from_recipe("weight_decay"))
+    o.add_argument("--norm-weight-decay", type=float, help="weight decay of normalisation layers (default: --wd); "
+                   + _from_recipe("norm_weight_decay"))
+    o.add_argument("--bias-weight-decay", type=float, help="weight decay of biases (default: --wd); "
+                   + _from_recipe("bias_weight_decay"))
+    o.add_argument("--nesterov", action="store_true", help="same as --opt sgd_nesterov")
+    o.add_argument("--lr-scheduler", type=str.lower, choices=list(SCHEDULER_NAMES), metavar="step|cosine",
+                   help=_from_recipe("lr_scheduler"))
+    o.add_argument("--lr-step-size", type=int, help="epochs between lr decays for step; " + _from_recipe("lr_step_size"))
+    o.add_argument("--lr-gamma", type=float, help=_from_recipe("lr_gamma"))
+    o.add_argument("--lr-update", choices=LR_UPDATES, help="move the schedule every optimizer step or once per epoch; "
+                   + _from_recipe("lr_update"))
+    o.add_argument("--warmup-epochs", "--lr-warmup-epochs", dest="warmup_epochs", type=float,
+                   help=_from_recipe("warmup_epochs"))
+    o.add_argument("--lr-warmup-method", choices=WARMUP_METHODS, help=_from_recipe("lr_warmup_method"))
+    o.add_argument("--lr-warmup-decay", type=float, help="the warm-up's starting lr factor; " + _from_recipe("lr_warmup_decay"))
+    o.add_argument("--lr-min", type=float, help="the lr cosine ends at; " + _from_recipe("lr_min"))
+    o.add_argument("--label-smoothing", type=float, help=_from_recipe("label_smoothing"))
+    o.add_argument("--clip-grad-norm", type=float, metavar="MAX_NORM", help="clip the gradients' global norm (default off)")
+    o.add_argument("--model-ema", action=argparse.BooleanOptionalAction,
+                   help="keep and evaluate an exponential moving average of the weights; " + _from_recipe("model_ema"))
+    o.add_argument("--model-ema-steps", type=int, default=32, help="optimizer steps between EMA updates (default 32)")
+    o.add_argument("--model-ema-decay", type=float, default=0.99998,
+                   help="EMA decay, rescaled by processes, batch, --model-ema-steps and epochs as torchvision does")
     o.add_argument("--seed", type=int, default=49)
 
     x = p.add_argument_group("precision and device")
@@ -158,17 +205,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
             loss_scale = float(ns.loss_scale)
         except ValueError:
             raise UsageError(f"--loss-scale takes a number or 'dynamic' (got {ns.loss_scale!r})") from None
-    return TrainConfig(
-        data=ns.data, dataset=ns.dataset, num_classes=ns.num_classes, image_size=ns.image_size, hflip=ns.hflip, strict_data=ns.strict_data, workers=ns.workers,
-        arch=ns.arch, dropout=ns.dropout, pretrained=ns.pretrained,
-        epochs=ns.epochs, start_epoch=ns.start_epoch, batch_size=ns.batch_size, grad_accum=ns.grad_accum,
-        lr=ns.lr, lr_scale_by_batch=ns.lr_scale_by_batch, momentum=ns.momentum, weight_decay=ns.weight_decay, nesterov=ns.nesterov,
-        lr_scheduler=ns.lr_scheduler, lr_step_size=ns.lr_step_size, lr_gamma=ns.lr_gamma,
-        warmup_epochs=ns.warmup_epochs, label_smoothing=ns.label_smoothing, seed=ns.seed,
-        mixed_precision=mixed_precision, loss_scale=loss_scale, device=ns.device, deterministic=ns.deterministic,
-        channels_last=ns.channels_last, compile=ns.compile, gpu_decode=ns.gpu_decode,
-        output_dir=ns.output_dir, print_freq=ns.print_freq, evaluate=ns.evaluate, resume=ns.resume, keep_checkpoints=ns.keep_checkpoints,
-        checkpoint_every=ns.checkpoint_every,
-        stop_step_num=ns.stop_step_num, prof=ns.prof, debug=ns.debug, notes=notes,
-        report_to=ns.report_to, push_to_hub=ns.push_to_hub, hub_model_id=ns.hub_model_id, hub_private=ns.hub_private,
-    ).with_recipe_defaults()
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(ns, f.name)}
+    if ns.lr_scheduler is not None:
+        values["lr_scheduler"] = SCHEDULER_NAMES[ns.lr_scheduler]
+    values.update(mixed_precision=mixed_precision, loss_scale=loss_scale, notes=notes)
+    return TrainConfig(**values).with_recipe_defaults()

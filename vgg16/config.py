@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .errors import UsageError
+from .recipes import RECIPES, recipe_value
+
+SIZE_OPTIONS = ("train_crop_size", "val_resize_size", "val_crop_size")
 
 ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 SCHEDULERS = ("step", "cosine")
@@ -20,15 +23,12 @@ OPT_LEVELS = ("O0", "O1", "O2", "O3")
 # Named datasets that need no --data; anything else comes from --data.
 NAMED_DATASETS = ("auto", "synthetic", "digits")
 
-# Values an unset option takes. "imagenet" is torchvision's VGG recipe (per-process batch 32 on 8 devices = 256).
-# "digits" is for the embedded 1,437-image set, tuned to reach high accuracy in about two minutes on a 2-core CPU: plain
-# VGG16 at lr 0.01 stayed at chance there (8.9% after 5 epochs), VGG16-BN at lr 0.01 reached 44%.
-RECIPES = {
-    "imagenet": dict(arch="vgg16", epochs=90, batch_size=32, lr=0.01, weight_decay=1e-4, lr_scheduler="step",
-                     warmup_epochs=0.0, hflip=0.5),
-    "digits": dict(arch="vgg16_bn", epochs=8, batch_size=64, lr=0.05, weight_decay=5e-4, lr_scheduler="cosine",
-                   warmup_epochs=1.0, hflip=0.0),
-}
+OPTIMIZERS = ("sgd", "sgd_nesterov", "adamw", "rmsprop")
+WARMUP_METHODS = ("linear", "constant")
+LR_UPDATES = ("step", "epoch")
+# torchvision's --auto-augment values: its three policies by name, plus AutoAugment's three dataset policies.
+AUTO_AUGMENTS = ("ra", "ta_wide", "augmix", "imagenet", "cifar10", "svhn")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
 @dataclass
@@ -41,10 +41,25 @@ class TrainConfig:
     num_classes: Optional[int] = None
     """Class count for --dataset synthetic (default 1000); for real data it comes from the data."""
     image_size: Optional[int] = None
-    """Training crop size; default 224, or 32 for data whose images are below 64 px (CIFAR, digits)."""
+    """Training crop size (--train-crop-size); default the recipe's (224), or 32 for images below 64 px."""
     hflip: Optional[float] = None
-    """Probability of a horizontal flip in training; default 0.5, 0 on the embedded digits (mirrored digits are
-    not digits)."""
+    """Probability of a horizontal flip in training (recipe: 0.5; 0 on the embedded digits)."""
+    val_resize_size: Optional[int] = None
+    """Resize before the validation centre crop; default val_crop_size x 256/224 (x 1 below 64 px)."""
+    val_crop_size: Optional[int] = None
+    """Validation centre crop; default the training crop (image_size)."""
+    interpolation: str = "bilinear"
+    auto_augment: Optional[str] = None
+    """ra (RandAugment), ta_wide (TrivialAugmentWide), augmix, or an AutoAugment policy: imagenet, cifar10, svhn."""
+    ra_magnitude: int = 9
+    augmix_severity: int = 3
+    random_erase: Optional[float] = None
+    """Probability of erasing a random rectangle (filled with the mean colour, i.e. 0 after normalisation)."""
+    mixup_alpha: Optional[float] = None
+    cutmix_alpha: Optional[float] = None
+    ra_sampler: Optional[bool] = None
+    """Repeated augmentation: every image ra_reps times per epoch with different augmentation."""
+    ra_reps: int = 3
     strict_data: bool = False
     """Stop at the first unreadable image instead of skipping and counting it."""
     workers: Optional[int] = None
@@ -58,6 +73,9 @@ class TrainConfig:
     """safetensors file, exported folder, or hub model id with torchvision-format weights."""
 
     # --- optimisation ---
+    recipe: Optional[str] = None
+    """Where unset options come from (vgg16.recipes): torchvision with --data, digits without."""
+    opt: Optional[str] = None
     epochs: Optional[int] = None
     start_epoch: Optional[int] = None
     batch_size: Optional[int] = None
@@ -68,13 +86,31 @@ class TrainConfig:
     """Linear scaling rule: use lr x global_batch / 256."""
     momentum: float = 0.9
     weight_decay: Optional[float] = None
+    norm_weight_decay: Optional[float] = None
+    """Weight decay of batch-norm weights and biases; None: --weight-decay."""
+    bias_weight_decay: Optional[float] = None
+    """Weight decay of every bias; None: --weight-decay (norm biases follow --norm-weight-decay when set)."""
     nesterov: bool = False
+    """Same as --opt sgd_nesterov."""
     lr_scheduler: Optional[str] = None
-    lr_step_size: int = 30
-    lr_gamma: float = 0.1
+    lr_step_size: Optional[int] = None
+    lr_gamma: Optional[float] = None
+    lr_update: Optional[str] = None
+    """'step': the schedule moves every optimizer step; 'epoch': once per epoch, as torchvision and the old
+    scripts step theirs."""
     warmup_epochs: Optional[float] = None
-    """Linear warm-up from lr/100."""
-    label_smoothing: float = 0.0
+    """--lr-warmup-epochs."""
+    lr_warmup_method: Optional[str] = None
+    lr_warmup_decay: Optional[float] = None
+    """The warm-up's starting factor of the lr."""
+    lr_min: Optional[float] = None
+    """The lr cosine decays to."""
+    label_smoothing: Optional[float] = None
+    clip_grad_norm: Optional[float] = None
+    model_ema: Optional[bool] = None
+    model_ema_steps: int = 32
+    model_ema_decay: float = 0.99998
+    """Per update at world size x batch x ema_steps / epochs = 1 (rescaled as torchvision does)."""
     seed: int = 49
 
     # --- precision and device ---
@@ -132,11 +168,38 @@ class TrainConfig:
         need(self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})")
         need(not self.nesterov or self.momentum > 0, "--nesterov needs a momentum above 0")
         need(self.lr_scheduler is None or self.lr_scheduler in SCHEDULERS, f"unknown --lr-scheduler {self.lr_scheduler!r}: use step or cosine")
-        need(self.lr_step_size >= 1, f"--lr-step-size must be at least 1 (got {self.lr_step_size})")
-        need(0 < self.lr_gamma <= 1, f"--lr-gamma must be in (0, 1] (got {self.lr_gamma})")
+        need(self.lr_step_size is None or self.lr_step_size >= 1, f"--lr-step-size must be at least 1 (got {self.lr_step_size})")
+        need(self.lr_gamma is None or 0 < self.lr_gamma <= 1, f"--lr-gamma must be in (0, 1] (got {self.lr_gamma})")
         need(self.warmup_epochs is None or self.warmup_epochs >= 0,
              f"--warmup-epochs must be >= 0 (got {self.warmup_epochs})")
-        need(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
+        need(self.label_smoothing is None or 0 <= self.label_smoothing < 1,
+             f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
+        need(self.recipe is None or self.recipe in RECIPES,
+             f"unknown --recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
+        need(self.opt is None or self.opt in OPTIMIZERS, f"unknown --opt {self.opt!r}: use {', '.join(OPTIMIZERS)}")
+        need(not (self.nesterov and self.opt not in (None, "sgd", "sgd_nesterov")),
+             f"--nesterov is for SGD; --opt {self.opt} has none")
+        for name in ("norm_weight_decay", "bias_weight_decay", "lr_min", "clip_grad_norm", "mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, name)
+            need(value is None or value >= 0, f"--{name.replace('_', '-')} must be >= 0 (got {value})")
+        need(self.clip_grad_norm is None or self.clip_grad_norm > 0, "--clip-grad-norm must be positive")
+        need(self.lr_update is None or self.lr_update in LR_UPDATES, f"--lr-update takes step or epoch (got {self.lr_update!r})")
+        need(self.lr_warmup_method is None or self.lr_warmup_method in WARMUP_METHODS,
+             f"unknown --lr-warmup-method {self.lr_warmup_method!r}: use linear or constant")
+        need(self.lr_warmup_decay is None or 0 < self.lr_warmup_decay <= 1,
+             f"--lr-warmup-decay must be in (0, 1] (got {self.lr_warmup_decay})")
+        need(self.auto_augment is None or self.auto_augment in AUTO_AUGMENTS,
+             f"unknown --auto-augment {self.auto_augment!r}: use {', '.join(AUTO_AUGMENTS)}")
+        need(0 <= self.ra_magnitude <= 30, f"--ra-magnitude must be in [0, 30] (got {self.ra_magnitude})")
+        need(1 <= self.augmix_severity <= 10, f"--augmix-severity must be in [1, 10] (got {self.augmix_severity})")
+        need(self.random_erase is None or 0 <= self.random_erase <= 1, f"--random-erase must be in [0, 1] (got {self.random_erase})")
+        need(self.interpolation in INTERPOLATIONS, f"unknown --interpolation {self.interpolation!r}: use {', '.join(INTERPOLATIONS)}")
+        need(self.ra_reps >= 1, f"--ra-reps must be at least 1 (got {self.ra_reps})")
+        need(self.model_ema_steps >= 1, f"--model-ema-steps must be at least 1 (got {self.model_ema_steps})")
+        need(0 <= self.model_ema_decay < 1, f"--model-ema-decay must be in [0, 1) (got {self.model_ema_decay})")
+        for name in ("val_resize_size", "val_crop_size"):
+            value = getattr(self, name)
+            need(value is None or value >= 32, f"--{name.replace('_', '-')} must be at least 32 (got {value})")
         need(0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout})")
         need(self.image_size is None or self.image_size >= 32,
              f"--image-size must be at least 32: VGG halves the image five times (got {self.image_size})")
@@ -165,9 +228,31 @@ class TrainConfig:
         return self.dataset == "digits" or (self.dataset == "auto" and not self.data)
 
     def with_recipe_defaults(self) -> "TrainConfig":
-        """A copy whose unset recipe options take the recipe's values (see RECIPES)."""
-        recipe = RECIPES["digits" if self.uses_embedded_data else "imagenet"]
-        return dataclasses.replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
+        """A copy whose unset options take the recipe's values (vgg16.recipes). The sizes are not filled here:
+        they depend on the images too (`resolve_sizes`)."""
+        recipe = self.recipe or ("digits" if self.uses_embedded_data else "torchvision")
+        arch = self.arch or recipe_value(recipe, "arch")
+        filled = {k: recipe_value(recipe, k, arch) for k in RECIPES[recipe].values
+                  if k not in SIZE_OPTIONS and getattr(self, k) is None}
+        if self.nesterov and (self.opt or filled.get("opt")) == "sgd":
+            filled["opt"] = "sgd_nesterov"
+        return dataclasses.replace(self, recipe=recipe, **filled)
+
+    def resolve_sizes(self, small_images: bool) -> tuple[int, int, int]:
+        """(training crop, validation resize, validation crop).
+
+        The recipe's sizes (modern: 176 / 232 / 224) apply only to ImageNet-sized images when you give none of
+        the three; otherwise unset ones follow from the training crop: validation crop = training crop, resize =
+        crop x 256/224 (torchvision's ratio), or no margin at all below 64 px (CIFAR, digits)."""
+        given = (self.image_size, self.val_resize_size, self.val_crop_size)
+        if not small_images and given == (None, None, None) and self.recipe:
+            sizes = tuple(recipe_value(self.recipe, k) for k in SIZE_OPTIONS)
+            if None not in sizes:
+                return sizes  # type: ignore[return-value]
+        train = self.image_size or (32 if small_images else 224)
+        crop = self.val_crop_size or train
+        resize = self.val_resize_size or (crop if small_images else int(round(crop * 256 / 224)))
+        return train, resize, crop
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

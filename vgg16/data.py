@@ -27,19 +27,61 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------- transform presets
-def train_transform(*, image_size: int, small: bool, hflip: float = 0.5) -> v2.Compose:
-    """RandomResizedCrop + flip (torchvision's ImageNet recipe), or pad-4 random crop + flip below 64 px."""
+# The mean colour as uint8: erasing with it is erasing with 0 after normalisation, as torchvision's reference
+# (which erases the normalised float tensor) does.
+MEAN_PIXEL = [round(255 * m) for m in IMAGENET_MEAN]
+
+
+def auto_augment_transform(policy: str | None, *, interpolation, ra_magnitude: int = 9, augmix_severity: int = 3):
+    """torchvision's --auto-augment choices (references/classification/presets.py), on uint8 images."""
+    if policy is None:
+        return None
+    if policy == "ra":
+        return v2.RandAugment(interpolation=interpolation, magnitude=ra_magnitude)
+    if policy == "ta_wide":
+        return v2.TrivialAugmentWide(interpolation=interpolation)
+    if policy == "augmix":
+        return v2.AugMix(interpolation=interpolation, severity=augmix_severity)
+    return v2.AutoAugment(v2.AutoAugmentPolicy(policy), interpolation=interpolation)
+
+
+def train_transform(*, image_size: int, small: bool, hflip: float = 0.5, auto_augment: str | None = None,
+                    ra_magnitude: int = 9, augmix_severity: int = 3, random_erase: float = 0.0,
+                    interpolation: str = "bilinear") -> v2.Compose:
+    """torchvision's ClassificationPresetTrain in uint8: RandomResizedCrop (or, below 64 px, pad-4 random crop),
+    flip, auto-augment, then random erasing; normalisation happens on the device."""
+    mode = v2.InterpolationMode(interpolation)
     if small:
-        steps = [v2.Resize(image_size, antialias=True), v2.RandomCrop(image_size, padding=4)]
+        steps = [v2.Resize(image_size, interpolation=mode, antialias=True), v2.RandomCrop(image_size, padding=4)]
     else:
-        steps = [v2.RandomResizedCrop(image_size, antialias=True)]
-    return v2.Compose([*steps, v2.RandomHorizontalFlip(hflip), v2.PILToTensor()])
+        steps = [v2.RandomResizedCrop(image_size, interpolation=mode, antialias=True)]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    # The policies rotate and shear; torchvision does that on tensors (our decoded JPEGs) with nearest or bilinear
+    # only, so bicubic (fine for the resize above) falls back to bilinear there.
+    policy_mode = v2.InterpolationMode.BILINEAR if mode == v2.InterpolationMode.BICUBIC else mode
+    policy = auto_augment_transform(auto_augment, interpolation=policy_mode, ra_magnitude=ra_magnitude,
+                                    augmix_severity=augmix_severity)
+    steps += [policy] if policy else []
+    steps.append(v2.PILToTensor())
+    if random_erase > 0:
+        steps.append(v2.RandomErasing(p=random_erase, value=MEAN_PIXEL))
+    return v2.Compose(steps)
 
 
-def eval_transform(*, image_size: int, small: bool) -> v2.Compose:
-    """Resize(256) + CenterCrop(224), scaled to image_size; below 64 px a plain resize to image_size."""
-    resize = image_size if small else int(round(image_size * 256 / 224))
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(image_size), v2.PILToTensor()])
+def eval_sizes(config: dict) -> tuple[int, int]:
+    """(resize, crop) of a model's config.json; folders exported before these keys existed used the training
+    size with torchvision's 256/224 margin (none below 64 px)."""
+    crop = config.get("val_crop_size") or config["image_size"]
+    small = config.get("head") == "small"
+    return config.get("val_resize_size") or (crop if small else int(round(crop * 256 / 224))), crop
+
+
+def eval_transform(*, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> v2.Compose:
+    """Resize the short side, centre crop (torchvision's ClassificationPresetEval)."""
+    mode = v2.InterpolationMode(interpolation)
+    return v2.Compose([v2.Resize(resize_size, interpolation=mode, antialias=True), v2.CenterCrop(crop_size),
+                       v2.PILToTensor()])
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -154,7 +196,8 @@ class AugmentedDataset(Dataset):
                          "(python -m vgg16.check_data --data ... lists them)")
 
     def __getitem__(self, index: int):
-        image, label, bad = self._load(index)
+        # An index past the end is a repeated copy (RepeatedAugmentation): the same image, its own seed.
+        image, label, bad = self._load(index % len(self.data))
         with seeded(sample_seed(self.seed, int(self._epoch[0]), index)):
             pixels = self.transform(image)
         return pixels, label, bad
@@ -181,16 +224,61 @@ class SyntheticImages(Dataset):
         return self.pool[index % self.POOL], index % self.num_classes, 0
 
 
+# ---------------------------------------------------------------- repeated augmentation
+class RepeatedAugmentation(torch.utils.data.Sampler):
+    """torchvision's RASampler (references/classification/sampler.py) as a batch sampler of the global order.
+
+    torchvision's sampler splits by rank itself: the seeded permutation, each index repeated `reps` times in a
+    row, then rank r takes every num_replicas-th entry from r. Accelerate shards a batch sampler once more (rank r
+    gets batches r, r + N, ...), so this yields the batches in the order that gives every rank exactly
+    torchvision's stream. A repeated copy is index + k x len(dataset), so each copy gets its own augmentation
+    seed (AugmentedDataset reads index % len). Unlike torchvision, the epoch keeps len(dataset) samples rounded
+    down to whole global batches (torchvision rounds to 256, which leaves small sets empty).
+    """
+
+    def __init__(self, dataset_len: int, *, batch_size: int, num_processes: int, seed: int, reps: int = 3):
+        self.n, self.batch_size, self.num_processes, self.seed, self.reps = dataset_len, batch_size, num_processes, seed, reps
+        self.epoch = 0
+        self.per_rank_batches = dataset_len // (batch_size * num_processes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rank_streams(self) -> list:
+        """What torchvision's RASampler gives each rank, with copies numbered, cut to whole batches."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        repeated = [i + k * self.n for i in order for k in range(self.reps)]
+        keep = self.per_rank_batches * self.batch_size
+        return [repeated[r::self.num_processes][:keep] for r in range(self.num_processes)]
+
+    def __iter__(self):
+        streams = self.rank_streams()
+        for b in range(self.per_rank_batches):
+            for stream in streams:
+                yield stream[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.per_rank_batches * self.num_processes
+
+
 # ---------------------------------------------------------------- loaders
 def build_loaders(train_set: Dataset, val_set: Dataset, *, batch_size: int, workers: int, seed: int,
-                  pin_memory: bool, collate_fn=None) -> tuple[DataLoader, DataLoader]:
+                  pin_memory: bool, collate_fn=None, train_batch_sampler=None) -> tuple[DataLoader, DataLoader]:
     """Train: shuffled (a generator of its own, so the order depends on the seed alone), drop_last so every
-    process runs the same number of steps. Val: in order, nothing dropped; Accelerate pads the last batch across
-    processes and `gather_for_metrics` removes the padding again."""
+    process runs the same number of steps; or batches from `train_batch_sampler` (repeated augmentation).
+    Val: in order, nothing dropped; Accelerate pads the last batch across processes and `gather_for_metrics`
+    removes the padding again."""
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0, collate_fn=collate_fn)
     if workers > 0:
         common["prefetch_factor"] = 4
-    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
-                       generator=torch.Generator().manual_seed(seed), **common)
+    if train_batch_sampler is not None:
+        # A generator of its own here too: each new iterator draws its workers' base seed from it, and from the
+        # global generator (which dropout uses) without it, which would shift dropout after a resume.
+        train = DataLoader(train_set, batch_sampler=train_batch_sampler, generator=torch.Generator().manual_seed(seed),
+                           **common)
+    else:
+        train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
+                           generator=torch.Generator().manual_seed(seed), **common)
     val = DataLoader(val_set, batch_size=batch_size, shuffle=False, drop_last=False, **common)
     return train, val

@@ -14,7 +14,9 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, tqdm
 from torch import nn
 
+from .ema import ModelEMA
 from .metrics import ThroughputMeter, new_topk_metric
+from .mixing import BatchMixer
 
 
 class Normalizer:
@@ -45,6 +47,16 @@ class EpochPlan:
     """Optimizer steps of this epoch already done before (a mid-epoch resume)."""
     global_step: int = 0
     """Optimizer steps of the whole run done before this epoch's first step here."""
+    recipe: str = ""
+    """Shown in the progress line."""
+
+
+@dataclass
+class StepOptions:
+    """What a recipe adds to the plain step: batch mixing, gradient clipping, the EMA of the weights."""
+    mixer: Optional[BatchMixer] = None
+    clip_grad_norm: Optional[float] = None
+    ema: Optional[ModelEMA] = None
 
 
 class _NonFiniteWatch:
@@ -70,7 +82,7 @@ class _NonFiniteWatch:
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: nn.Module, accelerator: Accelerator,
                     normalize: Normalizer, meter: ThroughputMeter, plan: EpochPlan, log: Callable[[str], None],
                     profiler=None, after_step: Optional[Callable] = None, progress: bool = False,
-                    prepare_batch: Callable = tuple) -> dict:
+                    prepare_batch: Callable = tuple, options: StepOptions = StepOptions()) -> dict:
     """Run `plan.steps` optimizer steps; return mean loss (over all processes), steps, images, bad images and
     fp16-skipped steps.
 
@@ -78,6 +90,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
     (mid-epoch checkpoints); before saving anything it calls `ensure_finite()`, which raises if a loss was inf/nan.
     progress: a bar on the main process (for terminals) instead of a log line every print_freq steps.
     prepare_batch: loader batch -> (uint8 images, labels, bad) on the device (--gpu-decode decodes here).
+    options: mixup/cutmix (the loss then takes soft targets), gradient clipping, EMA update.
     """
     model.train()
     # Summed on the device: no host sync per step.
@@ -88,14 +101,23 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
     watch = _NonFiniteWatch(accelerator.device) if accelerator.mixed_precision != "fp16" else None
     window_steps = steps = micro = skipped = step_images = images_seen = 0
     meter.begin_epoch(plan.steps)
+    where = f"epoch {plan.epoch + 1}/{plan.epochs}" + (f" [{plan.recipe}]" if plan.recipe else "")
     bar = tqdm(total=plan.first_step + plan.steps, initial=plan.first_step, disable=not progress,
-               desc=f"epoch {plan.epoch + 1}/{plan.epochs}", main_process_only=True, dynamic_ncols=True)
+               desc=where, main_process_only=True, dynamic_ncols=True)
+    mixer, ema = options.mixer, options.ema
+    ema_source = accelerator.unwrap_model(model) if ema is not None else None
+    first_micro = plan.first_step * accelerator.gradient_accumulation_steps
     for batch in loader:
         images, labels, bad = prepare_batch(batch)
+        inputs, targets = normalize(images), labels
+        if mixer is not None:  # soft targets: CrossEntropyLoss takes class probabilities as well
+            inputs, targets = mixer(inputs, labels, epoch=plan.epoch, micro_step=first_micro + micro)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss = criterion(model(normalize(images)), labels)
+                loss = criterion(model(inputs), targets)
             accelerator.backward(loss)
+            if options.clip_grad_norm is not None and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), options.clip_grad_norm)  # unscales fp16 first
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         micro += 1
@@ -113,6 +135,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
             skipped += 1
         else:
             scheduler.step()
+        if ema is not None:
+            ema.after_step(ema_source, step_in_epoch=plan.first_step + steps - 1, epoch=plan.epoch)
         meter.step(step_images)
         images_seen, step_images = images_seen + step_images, 0
         if profiler is not None:
@@ -127,7 +151,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
             if progress:
                 bar.set_postfix_str(f"loss {mean_loss:.4f}  lr {lr:.5f}" + (f"  fps {fps:.1f}" if fps else ""))
             else:
-                log(f"epoch {plan.epoch + 1}/{plan.epochs}  step {step_in_epoch}/{plan.first_step + plan.steps}  "
+                log(f"{where}  step {step_in_epoch}/{plan.first_step + plan.steps}  "
                     f"loss {mean_loss:.4f}  lr {lr:.5f}" + (f"  fps {fps:.1f}" if fps else ""))
             accelerator.log({"train/loss": mean_loss, "train/lr": lr, **({"train/fps": fps} if fps else {})},
                             step=plan.global_step + steps)

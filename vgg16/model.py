@@ -25,8 +25,8 @@ def build_model(arch: str, num_classes: int, *, head: str = "imagenet", dropout:
     """A randomly initialised VGG from torchvision.
 
     head='imagenet' is torchvision's model exactly (same keys, shapes, init). head='small' keeps the features and
-    the classifier's layout (so keys are still `classifier.0/3/6`) but pools to 1x1 and uses 512-wide layers:
-    about 15M parameters for VGG16 instead of 134M.
+    the classifier's layout (so keys are still `classifier.0/3/6`) but pools to 1x1 and uses 512-wide layers with
+    PyTorch's default init: about 15M parameters for VGG16 instead of 134M.
     """
     builder = getattr(models, arch, None)
     if builder is None or not arch.startswith("vgg"):
@@ -40,10 +40,9 @@ def build_model(arch: str, num_classes: int, *, head: str = "imagenet", dropout:
             nn.Linear(width, width), nn.ReLU(True), nn.Dropout(dropout),
             nn.Linear(width, num_classes),
         )
-        for layer in model.classifier:
-            if isinstance(layer, nn.Linear):  # torchvision's init for its classifier
-                nn.init.normal_(layer.weight, 0, 0.01)
-                nn.init.constant_(layer.bias, 0)
+        # PyTorch's default nn.Linear init, not torchvision's normal(0, 0.01): at 512 wide, 0.01 shrinks the signal
+        # about 9x per layer, so the logits start near zero and the gradients reaching the features are tiny.
+        # Measured on the digits folder (vgg16_bn, 5 epochs, README "Small-image head"): 87.5% -> 97.8% top-1.
     elif head != "imagenet":
         raise UsageError(f"unknown head {head!r}: use 'imagenet' or 'small'")
     return model

@@ -1,37 +1,81 @@
-"""SGD and the learning-rate schedule (warm-up, then step or cosine), stepped once per optimizer step."""
+"""Optimizers, weight-decay parameter groups and the learning-rate schedule, as torchvision's classification
+reference defines them (references/classification/train.py and utils.set_weight_decay)."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from .errors import UsageError
 
-def build_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
-                    nesterov: bool, fused: bool = False) -> torch.optim.SGD:
-    """SGD over all parameters with weight decay on all of them, as torchvision's VGG recipe trains.
-
-    fused: one kernel for the whole update (CUDA); otherwise torch picks the multi-tensor (foreach) path."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                           fused=fused or None)
+# torchvision's set_weight_decay treats these as normalisation layers.
+NORM_CLASSES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+                nn.LocalResponseNorm)
 
 
-def lr_factor(*, kind: str, steps_per_epoch: int, total_steps: int, warmup_steps: int, step_size: int,
-              gamma: float) -> Callable[[int], float]:
+def parameter_groups(model: nn.Module, weight_decay: float, norm_weight_decay: Optional[float] = None,
+                     bias_weight_decay: Optional[float] = None) -> list:
+    """torchvision's set_weight_decay with custom key "bias": every bias (norm layers' included) takes
+    bias_weight_decay when it is given; the remaining parameters of norm layers take norm_weight_decay when it is
+    given; everything else weight_decay. Empty groups are left out."""
+    groups = {"other": ([], weight_decay), "norm": ([], norm_weight_decay), "bias": ([], bias_weight_decay)}
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if bias_weight_decay is not None and name == "bias":
+                groups["bias"][0].append(p)
+            elif norm_weight_decay is not None and isinstance(module, NORM_CLASSES):
+                groups["norm"][0].append(p)
+            else:
+                groups["other"][0].append(p)
+    return [{"params": params, "weight_decay": wd} for params, wd in groups.values() if params]
+
+
+def build_optimizer(model: nn.Module, *, opt: str = "sgd", lr: float, momentum: float, weight_decay: float,
+                    norm_weight_decay: Optional[float] = None, bias_weight_decay: Optional[float] = None,
+                    nesterov: bool = False, fused: bool = False) -> torch.optim.Optimizer:
+    """torchvision's --opt choices with its settings (RMSprop eps 0.0316 and alpha 0.9, as it trains).
+
+    fused: one kernel for the whole update on CUDA (SGD, AdamW); otherwise torch picks the multi-tensor path."""
+    groups = parameter_groups(model, weight_decay, norm_weight_decay, bias_weight_decay)
+    if opt in ("sgd", "sgd_nesterov"):
+        nesterov = nesterov or opt == "sgd_nesterov"
+        if nesterov and momentum <= 0:
+            raise UsageError("Nesterov SGD needs --momentum above 0")
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                               fused=fused or None)
+    if opt == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if opt == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eps=0.0316, alpha=0.9)
+    raise UsageError(f"unknown --opt {opt!r}")
+
+
+def lr_factor(*, kind: str, steps_per_epoch: int, total_steps: int, warmup_steps: int, step_size: int = 30,
+              gamma: float = 0.1, warmup_method: str = "linear", warmup_decay: float = 0.01, min_factor: float = 0.0,
+              per_epoch: bool = False) -> Callable[[int], float]:
     """Multiplier of the base lr after `step` optimizer steps.
 
-    Warm-up rises linearly from 1% of the lr; 'step' multiplies by gamma every `step_size` epochs; 'cosine'
-    decays to 0 over the steps after warm-up.
+    Warm-up: linear from `warmup_decay` to 1, or constant at `warmup_decay` (torchvision's LinearLR/ConstantLR).
+    Then 'step' multiplies by gamma every `step_size` epochs; 'cosine' decays to `min_factor` (lr_min / lr) over
+    the steps after warm-up. per_epoch: the schedule moves only at epoch boundaries, as torchvision and the old
+    scripts step it (with warm-up in whole epochs).
     """
 
     def factor(step: int) -> float:
+        if per_epoch:
+            step = (step // steps_per_epoch) * steps_per_epoch
         if step < warmup_steps:
-            return 0.01 + 0.99 * step / warmup_steps
+            if warmup_method == "constant":
+                return warmup_decay
+            return warmup_decay + (1.0 - warmup_decay) * step / warmup_steps
         if kind == "cosine":
             progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+            return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
         return gamma ** ((step // steps_per_epoch) // step_size)
 
     return factor

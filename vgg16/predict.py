@@ -12,18 +12,17 @@ from typing import Optional, Sequence
 
 import torch
 
-from .data import BAD_IMAGE_ERRORS, decode_image, eval_transform
+from .data import BAD_IMAGE_ERRORS, decode_image, eval_sizes, eval_transform
 from .engine import Normalizer
 from .errors import UsageError, one_line
 from .hub import from_pretrained
-from .model import head_for
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, config: dict, images: list, k: int = 5) -> list:
     """[(class name, probability)] * k for each image (RGB PIL image or uint8 CHW tensor), best first."""
-    size = config["image_size"]
-    transform = eval_transform(image_size=size, small=head_for(size) == "small")
+    resize, crop = eval_sizes(config)
+    transform = eval_transform(resize_size=resize, crop_size=crop, interpolation=config.get("interpolation", "bilinear"))
     normalize = Normalizer(config["mean"], config["std"], device="cpu")  # the same step training used
     probs = model(normalize(torch.stack([transform(im) for im in images]))).softmax(dim=1)
     top = probs.topk(min(k, probs.shape[1]), dim=1)

@@ -43,7 +43,10 @@ def write_results_md(output_dir: Path, results: dict) -> None:
     text = (f"# {results['arch']} on {results['dataset']}\n\n" + results_table([results]) +
             f"\nGlobal batch {results['global_batch_size']} ({results['per_process_batch_size']} per process x "
             f"{results['num_processes']} processes x {results['grad_accum']} accumulation), lr {results['lr']:g}, "
-            f"{results.get('steps', 0)} optimizer steps, {results.get('val_images', 0)} validation images.\n")
+            f"{results.get('steps', 0)} optimizer steps, {results.get('val_images', 0)} validation images, "
+            f"recipe {results.get('recipe', '-')}.\n"
+            + (f"\nEMA of the weights: Acc@1 {results['ema_acc1']:.3f}, Acc@5 {results['ema_acc5']:.3f}; exported: "
+               f"{results.get('exported_weights', 'model')}.\n" if "ema_acc1" in results else ""))
     (output_dir / "results.md").write_text(text)
 
 
@@ -62,6 +65,9 @@ def plot_curves(history: Sequence[dict], path: Path, title: str) -> None:
     ax_loss.legend()
     ax_acc.plot(epochs, [h["acc1"] for h in history], "o-", label="top-1")
     ax_acc.plot(epochs, [h["acc5"] for h in history], "s--", label="top-5")
+    if any("ema_acc1" in h for h in history):
+        ax_acc.plot(epochs, [h.get("ema_acc1") for h in history], "^-", label="EMA top-1")
+        ax_acc.plot(epochs, [h.get("ema_acc5") for h in history], "v--", label="EMA top-5")
     ax_acc.set(title="validation accuracy (%)", xlabel="epoch", ylim=(0, 100))
     ax_acc.legend(loc="lower right")
     ax_fps.bar(epochs, [h["fps"] for h in history], color="tab:gray")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -20,8 +21,10 @@ from torch import nn
 from . import checkpoint as ckpt
 from .cli import parse_args
 from .config import TrainConfig
-from .data import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, SyntheticImages, build_loaders, eval_transform, train_transform
-from .engine import EpochPlan, Normalizer, NonFiniteLoss, evaluate, train_one_epoch
+from .data import (IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, RepeatedAugmentation, SyntheticImages, build_loaders,
+                   eval_transform, train_transform)
+from .ema import ModelEMA, ema_decay
+from .engine import EpochPlan, Normalizer, NonFiniteLoss, StepOptions, evaluate, train_one_epoch
 from .errors import UsageError, one_line
 from .gpu_decode import BatchDecoder, EncodedImages, collate_encoded
 from .card import model_card
@@ -30,6 +33,7 @@ from .launch import assert_processes_agree, default_workers, device_name, make_a
 from .report import plot_curves, write_results_md
 from .metrics import ThroughputMeter
 from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of
+from .mixing import BatchMixer
 from .optim import build_optimizer, build_scheduler, lr_factor, position_scheduler
 from .sources import load_source
 
@@ -49,25 +53,38 @@ def _check_output_dir(path: Path) -> None:
 
 
 def _load_data(cfg: TrainConfig, accelerator) -> tuple:
-    """(train_set, val_set, class_names, dataset name, image_size, small head?, notes)."""
+    """(train_set, val_set, class_names, dataset name, (train crop, val resize, val crop), notes)."""
     if cfg.dataset == "synthetic":
-        size = cfg.image_size or 224
+        sizes = cfg.resolve_sizes(small_images=False)
         classes = [str(i) for i in range(cfg.num_classes or 1000)]
         per_step = cfg.batch_size * accelerator.num_processes
-        train = SyntheticImages(100 * per_step * cfg.grad_accum, image_size=size, num_classes=len(classes), seed=cfg.seed)
-        val = SyntheticImages(4 * per_step, image_size=size, num_classes=len(classes), seed=cfg.seed + 1)
-        return train, val, classes, "synthetic", size, ()
+        train = SyntheticImages(100 * per_step * cfg.grad_accum, image_size=sizes[0], num_classes=len(classes), seed=cfg.seed)
+        val = SyntheticImages(4 * per_step, image_size=sizes[2], num_classes=len(classes), seed=cfg.seed + 1)
+        return train, val, classes, "synthetic", sizes, ()
     with accelerator.main_process_first():  # datasets' cache is written once, then read by the others
         source = load_source(cfg.data, cfg.seed)
     if cfg.num_classes is not None and cfg.num_classes != len(source.class_names):
         raise UsageError(f"--num-classes {cfg.num_classes}, but {source.name} has {len(source.class_names)} classes: "
                          "drop --num-classes (it is for --dataset synthetic)")
-    size = cfg.image_size or (32 if source.small_images else 224)
-    small = head_for(size) == "small"
-    train = AugmentedDataset(source.train, train_transform(image_size=size, small=small, hflip=cfg.hflip), cfg.seed,
-                             strict=cfg.strict_data)
-    val = AugmentedDataset(source.val, eval_transform(image_size=size, small=small), cfg.seed, strict=cfg.strict_data)
-    return train, val, source.class_names, source.name, size, source.notes
+    sizes = cfg.resolve_sizes(source.small_images)
+    transform = train_transform(image_size=sizes[0], small=head_for(sizes[0]) == "small", hflip=cfg.hflip,
+                                auto_augment=cfg.auto_augment, ra_magnitude=cfg.ra_magnitude,
+                                augmix_severity=cfg.augmix_severity, random_erase=cfg.random_erase,
+                                interpolation=cfg.interpolation)
+    train = AugmentedDataset(source.train, transform, cfg.seed, strict=cfg.strict_data)
+    val = AugmentedDataset(source.val, eval_transform(resize_size=sizes[1], crop_size=sizes[2],
+                                                      interpolation=cfg.interpolation), cfg.seed, strict=cfg.strict_data)
+    return train, val, source.class_names, source.name, sizes, source.notes
+
+
+def _extras(cfg: TrainConfig) -> list:
+    """The recipe options in force, for the start-up line."""
+    return [(f"auto-augment {cfg.auto_augment}", cfg.auto_augment), (f"random erase {cfg.random_erase:g}", cfg.random_erase),
+            (f"mixup {cfg.mixup_alpha:g}", cfg.mixup_alpha), (f"cutmix {cfg.cutmix_alpha:g}", cfg.cutmix_alpha),
+            (f"label smoothing {cfg.label_smoothing:g}", cfg.label_smoothing),
+            (f"warm-up {cfg.warmup_epochs:g} epochs", cfg.warmup_epochs), ("EMA", cfg.model_ema),
+            (f"repeated augmentation x{cfg.ra_reps}", cfg.ra_sampler),
+            (f"clip grad norm {cfg.clip_grad_norm or 0:g}", cfg.clip_grad_norm)]
 
 
 def _load_weights(cfg: TrainConfig, model: nn.Module, num_classes: int, log) -> None:
@@ -114,11 +131,12 @@ def run(cfg: TrainConfig) -> dict:
                                                if isinstance(v, (int, float, str, bool))})
     set_seed(cfg.seed)  # before the model is built: the seed decides the initial weights
 
-    train_set, val_set, classes, dataset_name, image_size, notes = _load_data(cfg, accelerator)
+    train_set, val_set, classes, dataset_name, (image_size, val_resize, val_crop), notes = _load_data(cfg, accelerator)
     head = head_for(image_size)
     model_config = {"arch": cfg.arch, "num_classes": len(classes), "image_size": image_size, "head": head,
                     "dropout": cfg.dropout, "class_names": classes, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                    "library": "vgg16"}
+                    "val_resize_size": val_resize, "val_crop_size": val_crop, "interpolation": cfg.interpolation,
+                    "recipe": cfg.recipe, "weights": "model", "library": "vgg16"}
     model = build_model(cfg.arch, len(classes), head=head, dropout=cfg.dropout)
     if cfg.pretrained or (cfg.evaluate and cfg.resume):
         _load_weights(cfg, model, len(classes), log)
@@ -129,9 +147,12 @@ def run(cfg: TrainConfig) -> dict:
     decoders = (BatchDecoder(train_set, accelerator.device), BatchDecoder(val_set, accelerator.device)) \
         if cfg.gpu_decode else (tuple, tuple)
     loader_sets = (EncodedImages(train_set), EncodedImages(val_set)) if cfg.gpu_decode else (train_set, val_set)
+    ra_sampler = RepeatedAugmentation(len(train_set), batch_size=cfg.batch_size, seed=cfg.seed, reps=cfg.ra_reps,
+                                      num_processes=accelerator.num_processes) if cfg.ra_sampler else None
     train_loader, val_loader = build_loaders(*loader_sets, batch_size=cfg.batch_size, workers=workers, seed=cfg.seed,
                                              pin_memory=accelerator.device.type != "cpu",
-                                             collate_fn=collate_encoded if cfg.gpu_decode else None)
+                                             collate_fn=collate_encoded if cfg.gpu_decode else None,
+                                             train_batch_sampler=ra_sampler)
     # nvJPEG reads its input bytes from host memory: with --gpu-decode the loaders leave batches on the CPU.
     on_device = not cfg.gpu_decode
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
@@ -145,15 +166,19 @@ def run(cfg: TrainConfig) -> dict:
     log(f"{accelerator.num_processes} process(es) on {accelerator.device.type}, {accelerator.mixed_precision} precision, "
         f"global batch {global_batch} ({cfg.batch_size} x {accelerator.num_processes} x {cfg.grad_accum}), "
         f"{workers} workers per process")
-    log(f"lr {lr:g}" + (f" (--lr {cfg.lr:g} x global batch {global_batch} / {LR_REFERENCE_BATCH}, linear scaling)"
-                        if cfg.lr_scale_by_batch else ""))
+    log(f"recipe {cfg.recipe}: {cfg.opt} lr {lr:g}"
+        + (f" (--lr {cfg.lr:g} x global batch {global_batch} / {LR_REFERENCE_BATCH}, linear scaling)"
+           if cfg.lr_scale_by_batch else "")
+        + f", {cfg.lr_scheduler} schedule, {cfg.epochs} epochs; train crop {image_size}, val {val_resize} -> {val_crop}"
+        + "".join(f", {name}" for name, on in _extras(cfg) if on))
     results = {"arch": cfg.arch, "dataset": dataset_name, "image_size": image_size, "head": head,
                "num_classes": len(classes), "train_images": len(train_set), "global_batch_size": global_batch,
                "per_process_batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "device": accelerator.device.type, "device_name": device_name(accelerator),
                "torch": torch.__version__, "accelerate": accelerate.__version__, "lr": lr, "base_lr": cfg.lr,
-               "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "command": " ".join(sys.argv)}
+               "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "recipe": cfg.recipe,
+               "command": " ".join(sys.argv)}
     normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device, channels_last=cfg.channels_last)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -169,25 +194,32 @@ def run(cfg: TrainConfig) -> dict:
             raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch "
                              f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
                              "lower --batch-size")
-        optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        optimizer = build_optimizer(model, opt=cfg.opt, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    norm_weight_decay=cfg.norm_weight_decay, bias_weight_decay=cfg.bias_weight_decay,
                                     nesterov=cfg.nesterov, fused=accelerator.device.type == "cuda")
         model, optimizer, train_loader, val_loader = accelerator.prepare(
             model, optimizer, train_loader, val_loader, device_placement=[True, True, on_device, on_device])
         _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, decoders, model_config, results,
-             log)
+             log, ra_sampler)
     _finish(cfg, accelerator, output_dir, results, model_config, log)
     return results
 
 
 def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, decoders: tuple,
-         model_config: dict, results: dict, log) -> None:
+         model_config: dict, results: dict, log, ra_sampler=None) -> None:
     """The epoch loop: train, evaluate, checkpoint, export, update results (in place) after every epoch."""
     output_dir = Path(cfg.output_dir)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
-    factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch,
-                       total_steps=cfg.epochs * steps_per_epoch, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-                       step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)
+    per_epoch = cfg.lr_update == "epoch"
+    warmup = cfg.warmup_epochs if not per_epoch else math.ceil(cfg.warmup_epochs)
+    factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
+                       warmup_steps=round(warmup * steps_per_epoch), step_size=cfg.lr_step_size, gamma=cfg.lr_gamma,
+                       warmup_method=cfg.lr_warmup_method, warmup_decay=cfg.lr_warmup_decay,
+                       min_factor=cfg.lr_min / results["lr"], per_epoch=per_epoch)
     scheduler = build_scheduler(optimizer, factor)
+    options = _step_options(cfg, accelerator, model, len(model_config["class_names"]))
+    if options.ema is not None:
+        accelerator.register_for_checkpointing(options.ema)  # before load_state: the average resumes too
     start_epoch, step_in_epoch, global_step, best_acc1 = 0, 0, 0, 0.0
     if cfg.resume:
         state = ckpt.load_training_state(accelerator, Path(cfg.resume), model, scheduler)
@@ -201,7 +233,7 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
         position_scheduler(scheduler, global_step)
 
     meter = ThroughputMeter(lambda: _sync(accelerator))
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # takes mixup's soft targets too
     checkpoints = output_dir / "checkpoints"
 
     def trainer_state(epoch: int, step: int, global_step: int) -> dict:
@@ -224,31 +256,44 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
             break
         train_loader.dataset.set_epoch(epoch)  # augmentation seeds
         train_loader.set_epoch(epoch)  # shuffle order
+        if ra_sampler is not None:
+            ra_sampler.set_epoch(epoch)
         loader, first = train_loader, (step_in_epoch if epoch == start_epoch else 0)
         if first:  # a mid-epoch resume: the very next batch of the same order, without loading the skipped ones
             loader = accelerator.skip_first_batches(train_loader, first * cfg.grad_accum)
-        plan = EpochPlan(epoch, cfg.epochs, min(steps_per_epoch - first, remaining), cfg.print_freq, first, global_step)
+        plan = EpochPlan(epoch, cfg.epochs, min(steps_per_epoch - first, remaining), cfg.print_freq, first, global_step,
+                         recipe=cfg.recipe)
         with _profiler(cfg, accelerator, output_dir, first=epoch == start_epoch) as profiler:
             stats = train_one_epoch(model, loader, optimizer, scheduler, criterion, accelerator, normalize, meter, plan,
                                     log, profiler, after_step=save_mid_epoch(epoch), progress=progress,
-                                    prepare_batch=decoders[0])
+                                    prepare_batch=decoders[0], options=options)
         global_step += stats["steps"]
         skipped += stats["skipped_steps"]
         metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=decoders[1])
         best_acc1 = max(best_acc1, metrics["acc1"])
+        ema_metrics = None
+        if options.ema is not None:
+            ema_metrics = evaluate(options.ema.module, val_loader, accelerator, normalize, prepare_batch=decoders[1])
+            log(f"validation (EMA): acc1 {ema_metrics['acc1']:.3f}  acc5 {ema_metrics['acc5']:.3f}")
+        use_ema = ema_metrics is not None and ema_metrics["acc1"] > metrics["acc1"]
+        model_config["weights"] = "ema" if use_ema else "model"
         finished = first + stats["steps"] == steps_per_epoch
         ckpt.save_training_state(accelerator, checkpoints,
                                  trainer_state(epoch + 1, 0, global_step) if finished else
                                  trainer_state(epoch, first + stats["steps"], global_step),
                                  name=f"epoch_{epoch + 1:04d}" if finished else f"step_{global_step:09d}",
                                  keep=cfg.keep_checkpoints)
-        ckpt.export_model(accelerator, model, output_dir, model_config)
+        ckpt.export_model(accelerator, options.ema.module if use_ema else model, output_dir, model_config)
         results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], best_acc1=best_acc1, val_images=metrics["count"],
                        val_loss=metrics["loss"], train_loss=stats["loss"], fps=meter.fps, epochs=epoch + 1,
                        steps=global_step, bad_images=stats["bad_images"] + metrics["bad_images"],
-                       fp16_skipped_steps=skipped, train_seconds=round(time.time() - started, 1))
+                       fp16_skipped_steps=skipped, train_seconds=round(time.time() - started, 1),
+                       exported_weights=model_config["weights"])
         history.append({"epoch": epoch + 1, "steps": global_step, "train_loss": stats["loss"], "val_loss": metrics["loss"],
                         "acc1": metrics["acc1"], "acc5": metrics["acc5"], "fps": meter.epoch_fps})
+        if ema_metrics is not None:
+            results.update(ema_acc1=ema_metrics["acc1"], ema_acc5=ema_metrics["acc5"])
+            history[-1].update(ema_acc1=ema_metrics["acc1"], ema_acc5=ema_metrics["acc5"])
         accelerator.log({"val/acc1": metrics["acc1"], "val/acc5": metrics["acc5"], "val/loss": metrics["loss"],
                          "train/epoch_loss": stats["loss"], "train/epoch_fps": meter.epoch_fps, "epoch": epoch + 1},
                         step=global_step)
@@ -257,6 +302,19 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
                 "this epoch (python -m vgg16.check_data lists them)")
         if accelerator.is_main_process:
             _write_reports(output_dir, results, model_config)
+
+
+def _step_options(cfg: TrainConfig, accelerator, model, num_classes: int) -> StepOptions:
+    """Mixup/cutmix, gradient clipping and the EMA, as the recipe asks."""
+    mixer = BatchMixer(num_classes, mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, seed=cfg.seed,
+                       rank=accelerator.process_index)
+    ema = None
+    if cfg.model_ema:
+        decay = ema_decay(cfg.model_ema_decay, world_size=accelerator.num_processes, batch_size=cfg.batch_size,
+                          ema_steps=cfg.model_ema_steps, epochs=cfg.epochs)
+        ema = ModelEMA(accelerator.unwrap_model(model), decay=decay, every=cfg.model_ema_steps,
+                       warmup_epochs=cfg.warmup_epochs)
+    return StepOptions(mixer=mixer if mixer.active else None, clip_grad_norm=cfg.clip_grad_norm, ema=ema)
 
 
 def _write_reports(output_dir: Path, results: dict, model_config: dict) -> None:
