@@ -7,7 +7,8 @@ from vgg16.sources import load_source
 def _sets(root, size=32, small=True):
     data = load_source(str(root), seed=0)
     return (AugmentedDataset(data.train, train_transform(image_size=size, small=small), seed=7),
-            AugmentedDataset(data.val, eval_transform(image_size=size, small=small), seed=7))
+            AugmentedDataset(data.val, eval_transform(resize_size=size if small else round(size * 256 / 224),
+                                                      crop_size=size), seed=7))
 
 
 def test_presets_give_uint8_at_the_requested_size(image_folder):
@@ -16,7 +17,7 @@ def test_presets_give_uint8_at_the_requested_size(image_folder):
     assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and isinstance(y, int) and bad == 0
     train, val = _sets(image_folder, size=72, small=False)  # ImageNet recipe, scaled: crop 72, eval resize 82
     assert train[1][0].shape == (3, 72, 72) and val[1][0].shape == (3, 72, 72)
-    t = eval_transform(image_size=224, small=False)
+    t = eval_transform(resize_size=256, crop_size=224)
     assert [type(s).__name__ for s in t.transforms] == ["Resize", "CenterCrop", "PILToTensor"]
     assert t.transforms[0].size == [256] and tuple(t.transforms[1].size) == (224, 224)
     r = train_transform(image_size=224, small=False).transforms[0]

@@ -13,7 +13,11 @@ import torch
 from conftest import ROOT, make_image_folder, run_cli
 from safetensors.torch import load_file
 
-CPU = {"ACCELERATE_USE_CPU": "1"}
+# OMP_NUM_THREADS=1 as `accelerate launch` sets it: each process then takes its share of the cores (1 of 2 with
+# 2 processes, 2 with 1). Two threads in each of 2 processes pick other CPU kernels, whose summation order moved a
+# few first-layer weights by up to 1e-5 after 6 steps; logic errors move every weight far more.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+CPU = {"ACCELERATE_USE_CPU": "1", **ONE_THREAD}
 # No batch norm, no dropout: a 2 x b run must then match a 1 x 2b run up to float summation order.
 PLAIN = ["-a", "vgg11", "--dropout", "0", "--image-size", "32", "--lr", "0.02", "-j", "0", "-p", "1"]
 
@@ -39,7 +43,7 @@ def _weights_close(a, b, exact=False):
         if exact:
             assert torch.equal(wa[k], wb[k]), k
         else:
-            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6, msg=k)
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def two_process_run(data, tmp_path_factory):
 
 def test_two_processes_train_the_same_model_as_one_with_twice_the_batch(data, two_process_run, tmp_path):
     out2, done = two_process_run
-    _ok(run_cli("--data", str(data), *PLAIN, "-b", "8", "--epochs", "2", "--output-dir", str(tmp_path)))
+    _ok(run_cli("--data", str(data), *PLAIN, "-b", "8", "--epochs", "2", "--output-dir", str(tmp_path), env=ONE_THREAD))
     r1, r2 = _results(tmp_path), _results(out2)
     assert (r2["num_processes"], r2["global_batch_size"], r2["per_process_batch_size"]) == (2, 8, 4)
     assert (r1["num_processes"], r1["global_batch_size"], r1["steps"]) == (1, 8, r2["steps"])
@@ -128,3 +132,15 @@ def test_a_launch_that_falls_back_to_separate_processes_fails(data, tmp_path):
                    launcher=("accelerate", "launch", "--config_file", str(config)))
     assert done.returncode != 0
     assert "train separate models" in done.stderr
+
+
+def test_repeated_augmentation_keeps_two_processes_equal_to_one(data, tmp_path):
+    """Each global batch holds the same copies (same images, same augmentation seeds) in both runs: torchvision's
+    per-rank streams interleave into the single-process order (tests/test_recipes.py checks the streams)."""
+    args = ["--data", str(data), *PLAIN, "--ra-sampler", "--ra-reps", "2", "--epochs", "1", "--stop-step-num", "3"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    _ok(run_cli(*args, "-b", "4", "--output-dir", str(two), launcher=launcher(2), env=CPU))
+    _ok(run_cli(*args, "-b", "8", "--output-dir", str(one), env=ONE_THREAD))
+    assert _results(two)["steps"] == _results(one)["steps"] == 3
+    assert _results(two)["val_images"] == _results(one)["val_images"] == 12  # validation still counts each once
+    _weights_close(two, one)

@@ -175,7 +175,7 @@ def test_progress_bar_in_a_terminal_and_lines_in_logs(run_dir, tmp_path, monkeyp
     AcceleratorState._reset_state(reset_partial_state=True)
     monkeypatch.setattr("sys.stdout.isatty", lambda: False)
     assert main([*args[:-1], str(tmp_path / "b")]) == 0
-    assert "epoch 1/1  step 1/3  loss" in capsys.readouterr().out
+    assert "epoch 1/1 [torchvision]  step 1/3  loss" in capsys.readouterr().out
 
 
 def test_pretrained_with_another_class_count_replaces_the_last_layer(run_dir, tmp_path, capsys):
