@@ -91,6 +91,13 @@ def test_benchmark_data_against_torchvision_imagefolder(tmp_path, split):
     assert ("eval" in r["what"]) == bool(split)
 
 
+def test_benchmark_errors_are_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vgg16.benchmark", "data", "--data", str(tmp_path / "nope")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0]
+
+
 def _jpeg_folder(root, n=4):
     rng = np.random.default_rng(3)
     for split in ("train", "val"):

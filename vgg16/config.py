@@ -67,7 +67,7 @@ class TrainConfig:
 
     # --- model ---
     arch: Optional[str] = None
-    """Default vgg16; vgg16_bn on the embedded digits (plain VGG16 stays at chance there in 5 epochs)."""
+    """From the recipe: vgg16 (torchvision, ascend), vgg16_bn (modern, cifar10, digits)."""
     dropout: float = 0.5
     pretrained: Optional[str] = None
     """safetensors file, exported folder, or hub model id with torchvision-format weights."""
