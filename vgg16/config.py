@@ -15,6 +15,11 @@ from .recipes import RECIPES, recipe_value
 
 SIZE_OPTIONS = ("train_crop_size", "val_resize_size", "val_crop_size")
 
+
+def default_val_resize(crop: int, small_images: bool) -> int:
+    """torchvision's margin, Resize(256) before CenterCrop(224), scaled to `crop`; none below 64 px."""
+    return crop if small_images else int(round(crop * 256 / 224))
+
 ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 SCHEDULERS = ("step", "cosine")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -251,7 +256,7 @@ class TrainConfig:
                 return sizes  # type: ignore[return-value]
         train = self.image_size or (32 if small_images else 224)
         crop = self.val_crop_size or train
-        resize = self.val_resize_size or (crop if small_images else int(round(crop * 256 / 224)))
+        resize = self.val_resize_size or default_val_resize(crop, small_images)
         return train, resize, crop
 
     def to_dict(self) -> dict:

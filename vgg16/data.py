@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
+from .config import default_val_resize
 from .errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,7 +75,7 @@ def eval_sizes(config: dict) -> tuple[int, int]:
     size with torchvision's 256/224 margin (none below 64 px)."""
     crop = config.get("val_crop_size") or config["image_size"]
     small = config.get("head") == "small"
-    return config.get("val_resize_size") or (crop if small else int(round(crop * 256 / 224))), crop
+    return config.get("val_resize_size") or default_val_resize(crop, small), crop
 
 
 def eval_transform(*, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> v2.Compose:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
 
 def ema_decay(decay: float, *, world_size: int, batch_size: int, ema_steps: int, epochs: int) -> float:
@@ -23,11 +23,9 @@ class ModelEMA(nn.Module):
 
     def __init__(self, model: nn.Module, *, decay: float, every: int, warmup_epochs: float):
         super().__init__()
-
-        def ema_avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
-            return decay * averaged + (1.0 - decay) * current
-
-        self.averaged = AveragedModel(model, avg_fn=ema_avg, use_buffers=True)
+        # get_ema_avg_fn is torchvision's ema_avg (decay x average + (1 - decay) x current); the per-tensor form,
+        # not the foreach one, because the buffers include integer batch counters.
+        self.averaged = AveragedModel(model, avg_fn=get_ema_avg_fn(decay), use_buffers=True)
         self.decay, self.every, self.warmup_epochs = decay, every, warmup_epochs
 
     @property

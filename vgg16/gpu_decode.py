@@ -28,7 +28,7 @@ class EncodedImages(Dataset):
         self.source.set_epoch(epoch)
 
     def __getitem__(self, index: int):
-        example = self.source.data[index]
+        example = self.source.data[index % len(self.source.data)]  # past the end: a repeated copy (--ra-sampler)
         data = read_bytes(example["image"])
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), example["label"], index
 

@@ -60,9 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     val_tf = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
                          v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
-    rgb = lambda path: datasets.folder.pil_loader(path)  # noqa: E731 - ImageFolder's own loader (converts to RGB)
-    train_set = datasets.ImageFolder(os.path.join(args.data, "train"), train_tf, loader=rgb)
-    val_set = datasets.ImageFolder(os.path.join(args.data, "val"), val_tf, loader=rgb)
+    train_set = datasets.ImageFolder(os.path.join(args.data, "train"), train_tf)  # PIL, converted to RGB
+    val_set = datasets.ImageFolder(os.path.join(args.data, "val"), val_tf)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                                num_workers=args.workers)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)

@@ -215,7 +215,7 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
     factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
                        warmup_steps=round(warmup * steps_per_epoch), step_size=cfg.lr_step_size, gamma=cfg.lr_gamma,
                        warmup_method=cfg.lr_warmup_method, warmup_decay=cfg.lr_warmup_decay,
-                       min_factor=cfg.lr_min / results["lr"], per_epoch=per_epoch)
+                       min_factor=cfg.lr_min / optimizer.defaults["lr"], per_epoch=per_epoch)
     scheduler = build_scheduler(optimizer, factor)
     options = _step_options(cfg, accelerator, model, len(model_config["class_names"]))
     if options.ema is not None:
