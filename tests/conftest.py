@@ -41,28 +41,8 @@ def make_image_folder(root: Path, classes=("cat", "dog", "eel"), n_train=8, n_va
     return root
 
 
-PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
-
-
-def make_photo_folder(root: Path, n_train=8, n_val=3, size=(64, 48), seed=0, photos=PHOTOS) -> Path:
-    """Real photographs: random crops of the colour photos scikit-image ships (read as files, without importing
-    skimage), one class per photo, saved as JPEG in the ImageNet layout."""
-    import importlib.util
-
-    data = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"
-    rng = np.random.default_rng(seed)
-    for name in photos:
-        photo = Image.open(data / name).convert("RGB")
-        w, h = photo.size
-        for split, n in (("train", n_train), ("val", n_val)):
-            folder = root / split / Path(name).stem
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                side = int(min(w, h) * rng.uniform(0.35, 0.7))
-                x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
-                crop = photo.crop((x, y, x + side, y + int(side * size[1] / size[0])))
-                crop.resize(size, Image.BILINEAR).save(folder / f"{i:03d}.jpg", quality=90)
-    return root
+# Real photographs: crops of the photos scikit-image ships, in the ImageNet layout (vgg16.photos).
+from vgg16.photos import make_photo_folder  # noqa: E402,F401 - the tests import it from here
 
 
 @pytest.fixture

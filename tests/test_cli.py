@@ -122,3 +122,32 @@ def test_which_ascend_chips_have_bf16():
     assert npu_supports_bf16("Ascend910B2") and npu_supports_bf16("Ascend910B4") and npu_supports_bf16("Ascend910_9391")
     assert not any(map(npu_supports_bf16, ["Ascend910A", "Ascend910ProA", "Ascend910PremiumA", "Ascend910ProB",
                                            "Ascend310P3"]))
+
+
+@pytest.mark.parametrize("entry", [["train_vgg16.py", "--help"], ["-m", "vgg16.device_check", "--help"],
+                                   ["-m", "vgg16.benchmark", "--help"]])
+def test_torch_npu_without_cann_is_one_line(tmp_path, entry):
+    """torch auto-loads every installed backend (entry point group torch.backends) on `import torch`. Here an
+    installed stand-in for torch_npu fails to load as the real one does without CANN on the library path (no
+    Ascend here); our entry points must say so in one line with the fix, and the fix itself must work."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "torch_npu_standin-1.0.dist-info").mkdir(parents=True)
+    (site / "torch_npu_standin-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch-npu-standin\n"
+                                                                      "Version: 1.0\n")
+    (site / "torch_npu_standin-1.0.dist-info" / "entry_points.txt").write_text(
+        "[torch.backends]\ntorch_npu = torch_npu_standin:_autoload\n")
+    (site / "torch_npu_standin.py").write_text(
+        "def _autoload():\n    raise ImportError('libhccl.so: cannot open shared object file: No such file or directory')\n")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+    done = subprocess.run([sys.executable, *entry], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "torch_npu" in lines[0] and "libhccl.so" in lines[0] and "set_env.sh" in lines[0]
+    assert "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in lines[0]
+    fixed = subprocess.run([sys.executable, *entry], cwd=ROOT, env={**env, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
+                           capture_output=True, text=True, timeout=120)
+    assert fixed.returncode == 0 and "usage" in fixed.stdout

@@ -179,3 +179,45 @@ def test_a_diverging_run_stops_at_the_step_and_saves_nothing_after_it(data, tmp_
              for p in (tmp_path / "checkpoints").glob("step_*")]
     assert all(step < bad_step for step in saved)
     assert not (tmp_path / "results.json").exists()
+
+
+class _StandInNPU:
+    """A stand-in for torch.npu (no NPU here): two devices whose RNG states are byte tensors, as torch_npu's are."""
+
+    def __init__(self):
+        self.states = [torch.Generator().manual_seed(k).get_state() for k in (1, 2)]
+
+    def is_available(self):
+        return True
+
+    def get_rng_state_all(self):
+        return [s.clone() for s in self.states]
+
+    def set_rng_state_all(self, states):
+        self.states = [s.clone() for s in states]
+
+
+def test_npu_random_state_is_saved_and_restored_with_the_checkpoint(tmp_path, monkeypatch):
+    """Accelerate's save_state has no NPU branch: our checkpoint must carry the NPU generators itself.
+    torch.npu is a stand-in namespace here (no NPU on this machine); the save and load are the real ones."""
+    from accelerate import Accelerator
+
+    from vgg16 import checkpoint as ckpt
+    from vgg16.model import build_model
+
+    npu = _StandInNPU()
+    monkeypatch.setattr(torch, "npu", npu, raising=False)
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(build_model("vgg11", 3, head="small"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(model.parameters(), lr=0.1), lambda s: 1.0)
+    saved = npu.get_rng_state_all()
+    folder = ckpt.save_training_state(accelerator, tmp_path / "checkpoints", {"global_step": 3, "scheduler":
+                                                                              scheduler.state_dict()}, name="step_3")
+    assert (folder / "npu_rng_state_0.safetensors").is_file()
+    npu.states = [torch.Generator().manual_seed(99).get_state()] * 2  # the generators move on after the save
+    ckpt.load_training_state(accelerator, folder, model, scheduler)
+    assert all(torch.equal(a, b) for a, b in zip(npu.states, saved)) and len(npu.states) == 2
+    # Without an NPU nothing extra is written.
+    monkeypatch.setattr(torch, "npu", None, raising=False)
+    assert not (ckpt.save_training_state(accelerator, tmp_path / "c2", {"global_step": 1, "scheduler": {}},
+                                         name="step_1") / "npu_rng_state_0.safetensors").exists()

@@ -75,8 +75,17 @@ def _benchmark(*args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _benchmark_lines(*args):
+    done = subprocess.run([sys.executable, "-m", "vgg16.benchmark", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
 def test_benchmark_train_prints_both_rates_and_the_ratio():
-    r = _benchmark("train", "--arch", "vgg11", "--image-size", "32", "--batch-size", "4", "--steps", "3", "--rounds", "1")
+    first, r = _benchmark_lines("train", "--arch", "vgg11", "--image-size", "32", "--batch-size", "2", "4", "--steps", "3",
+                                "--rounds", "1", "--channels-last")
+    assert (first["batch_size"], r["batch_size"]) == (2, 4) and r["setting"] == "no + channels_last"
     assert r["images_per_s"] > 0 and r["baseline_images_per_s"] > 0
     assert r["ratio"] == pytest.approx(r["images_per_s"] / r["baseline_images_per_s"])
     assert 0.8 < r["gflop_per_image"] < 1.1  # VGG11 at 32 px: 0.155 GMAC = 0.31 GFLOP forward, x3 for training
@@ -109,13 +118,28 @@ def _jpeg_folder(root, n=4):
 
 
 def _decoded_batches(train, indices_batches, epoch=1):
-    """Run the --gpu-decode path (EncodedImages -> collate -> BatchDecoder) with the CPU as the device."""
-    from vgg16.gpu_decode import BatchDecoder, EncodedImages, collate_encoded
+    """Run the --gpu-decode feed (the runner's own object: file bytes -> collate -> batch decoder) with the CPU as
+    the device."""
+    from vgg16.decoding import decoding_for
 
     train.set_epoch(epoch)
-    encoded = EncodedImages(train)
-    decoder = BatchDecoder(train, "cpu")
-    return [decoder(collate_encoded([encoded[i] for i in batch])) for batch in indices_batches]
+    decoding = decoding_for(True, "cpu")
+    feed = decoding.feed(train)
+    assert not decoding.loader_on_device  # nvJPEG reads host memory: Accelerate must not move the bytes
+    return [feed.prepare(decoding.collate_fn([feed.dataset[i] for i in batch])) for batch in indices_batches]
+
+
+def test_host_feed_is_the_dataset_itself(image_folder):
+    """Without --gpu-decode the loader indexes the augmented split and its batches pass through unchanged."""
+    from vgg16.data import AugmentedDataset
+    from vgg16.decoding import decoding_for
+
+    train = AugmentedDataset(load_source(str(image_folder), seed=0).train, train_transform(image_size=32, small=False), 0)
+    decoding = decoding_for(False, "cpu")
+    feed = decoding.feed(train)
+    batch = torch.utils.data.default_collate([train[0], train[1]])
+    assert feed.dataset is train and decoding.loader_on_device and decoding.collate_fn is None
+    assert all(torch.equal(a, b) for a, b in zip(feed.prepare(batch), batch))
 
 
 @pytest.mark.parametrize("layout", ["jpeg-only", "mixed-formats", "with-a-truncated-jpeg"])
@@ -139,3 +163,38 @@ def test_gpu_decode_path_gives_the_cpu_paths_images(tmp_path, layout, monkeypatc
         assert labels.tolist() == [r[1] for r in reference] and bad.tolist() == [r[2] for r in reference]
     if layout == "with-a-truncated-jpeg":
         assert _decoded_batches(train, [[1]])[0][2].tolist() == [1]
+
+
+def test_device_check_quick_measures_or_explains_every_item(tmp_path):
+    """The device check in its reduced form on this CPU: both report files, every item measured or passed, or
+    skipped with the reason (no GPU here), and the correctness items run for real."""
+    out = tmp_path / "check"
+    done = subprocess.run([sys.executable, "-m", "vgg16.device_check", "--quick", "--arch", "vgg11", "--image-size", "32",
+                           "--output-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "device_report.json").read_text())
+    assert report["complete"] and report["device"] == "cpu"
+    by_name = {i["name"]: i for i in report["items"]}
+    for item in report["items"]:
+        assert item["status"] in ("measured", "passed", "skipped"), item
+        assert item["status"] != "skipped" or item["reason"]
+    assert by_name["mid-epoch resume is bit-identical"]["status"] == "passed"
+    assert by_name["mid-epoch resume is bit-identical"]["val_images"] == 360
+    assert "GPU" in by_name["--gpu-decode bf16 channels_last"]["reason"]
+    assert "fp16" in by_name["fp16 skipped steps counted"]["reason"]
+    trainer = by_name["CPU workers bf16 channels_last"]
+    assert trainer["fps"] > 0 and trainer["val_images"] == trainer["expected_val_images"] == 20
+    steps = [r for i in report["items"] if i["kind"] == "step" and i["status"] == "measured" for r in i["rows"]]
+    assert {r["setting"] for r in steps} == {"bf16", "bf16 + channels_last", "no"} and all(r["ratio"] > 0 for r in steps)
+    md = (out / "device_report.md").read_text()
+    assert "| NAME | Acc@1 | FPS | Epochs | AMP_Type | Torch |" in md and "| 1p-" in md
+    assert md.count("skipped") >= 4  # fp16 step, compile, gpu decode trainer and pipeline row, fp16 check
+
+
+def test_device_check_errors_are_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    done = subprocess.run([sys.executable, "-m", "vgg16.device_check", "--quick", "--output-dir",
+                           str(tmp_path / "a_file" / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--output-dir" in done.stderr

@@ -1,8 +1,12 @@
 """VGG image classification on Hugging Face Accelerate: model, data, training loop, metrics, checkpoints."""
 
-from .config import TrainConfig
-from .hub import from_pretrained
-from .model import build_model
+from .backend import require_torch
+
+require_torch()  # first: a device backend torch cannot load is one line, not a traceback
+
+from .config import TrainConfig  # noqa: E402
+from .hub import from_pretrained  # noqa: E402
+from .model import build_model  # noqa: E402
 
 __all__ = ["TrainConfig", "build_model", "from_pretrained"]
 __version__ = "0.1.0"

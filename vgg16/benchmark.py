@@ -6,8 +6,9 @@
 `data` times our input pipeline (decode + augment to uint8, normalised later on the device) against torchvision's
 ImageFolder + PIL + ToTensor + Normalize on the same folder, workers and batch. `train` times our training step
 (Accelerate, the engine's train_one_epoch, on synthetic data) against a plain PyTorch loop with the same model,
-batch and optimizer. Both alternate the two sides for `--rounds` rounds and keep each side's best, since a shared
-machine is noisy. The last stdout line is one JSON object with images_per_s, baseline_images_per_s and ratio.
+batch and optimizer. Both run the two sides for `--rounds` rounds, the first side alternating, and keep each
+side's best, since a shared machine is noisy. The last stdout lines are JSON objects, one per batch size, with
+images_per_s, baseline_images_per_s and ratio.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from .errors import UsageError, one_line
 
 # Dense peak TFLOP/s of known devices in 16-bit (for FLOP utilisation); add yours with --peak-tflops.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "Ascend910B": 313.0, "Ascend910": 256.0}
+
+
+def _order(round_index: int) -> tuple:
+    """Which side runs first: alternate by round. On a 2-core machine the second of two back-to-back runs was
+    measurably slower whichever side it was (allocator and cache state), which always charged it to ours."""
+    return ("baseline", "ours") if round_index % 2 == 0 else ("ours", "baseline")
 
 
 def _time_loader(loader, steps: int, warmup: int = 2) -> float:
@@ -67,9 +74,12 @@ def bench_data(args) -> dict:
                                            persistent_workers=False, prefetch_factor=4 if args.workers else None)
 
     ours, ref = 0.0, 0.0
-    for _ in range(args.rounds):
-        ref = max(ref, _time_loader(loader(ref_set), args.steps))
-        ours = max(ours, _time_loader(loader(ours_set), args.steps))
+    for r in range(args.rounds):
+        for side in _order(r):
+            if side == "baseline":
+                ref = max(ref, _time_loader(loader(ref_set), args.steps))
+            else:
+                ours = max(ours, _time_loader(loader(ours_set), args.steps))
     return {"what": f"data pipeline ({'eval' if args.eval else 'train'} transforms, 224 px)", "images_per_s": ours,
             "baseline_images_per_s": ref, "ratio": ours / ref, "workers": args.workers,
             "batch_size": args.batch_size, "images": len(ours_set), "baseline": "torchvision ImageFolder + PIL + "
@@ -85,51 +95,68 @@ def _train_flops_per_image(model: nn.Module, image_size: int) -> float:
     return 3.0 * counter.get_total_flops()
 
 
-def bench_train(args) -> dict:
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def bench_train(args) -> list:
+    """One result per --batch-size; a batch the device has no memory for ends the list with an "oom" entry."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from .data import IMAGENET_MEAN, IMAGENET_STD, SyntheticImages
     from .engine import EpochPlan, Normalizer, train_one_epoch
-    from .launch import device_name
+    from .launch import dataloader_configuration, device_name, synchronize
     from .metrics import ThroughputMeter
     from .model import build_model, head_for
-    from .optim import build_optimizer
+    from .optim import build_optimizer, use_fused
 
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    # The trainer's loader settings (non-blocking copies): the first H100 run without them measured a blocking
+    # copy per step, not our step.
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, dynamo_backend="inductor" if args.compile else None,
+                              dataloader_config=dataloader_configuration())
     device = accelerator.device
-    sync = (lambda: torch.accelerator.synchronize()) if device.type != "cpu" else (lambda: None)
+    if args.compile and device.type != "cuda":
+        raise UsageError(f"--compile is for NVIDIA GPUs; this is {device.type}")
+    torch.backends.cudnn.benchmark = True  # as the trainer sets it (without --deterministic); both sides get it
+    sync = lambda: synchronize(device)  # noqa: E731
     head = head_for(args.image_size)
-    warmup = 3
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    warmup = 3 if not args.compile else 5  # compiling happens in the first steps
     steps = args.steps + warmup
 
     def fresh_model():
         set_seed(0)
-        return build_model(args.arch, 1000, head=head)
+        return build_model(args.arch, 1000, head=head).to(memory_format=memory_format)
 
-    def ours_once() -> float:
+    def ours_once(batch_size: int) -> float:
+        """The trainer's own step: Accelerate's prepare, the engine's train_one_epoch, its optimizer choice."""
         model = fresh_model()
-        optimizer = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False)
-        data = SyntheticImages(steps * args.batch_size, image_size=args.image_size, num_classes=1000, seed=0)
+        optimizer = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False,
+                                    fused=use_fused(device.type, accelerator.mixed_precision))
+        data = SyntheticImages(steps * batch_size, image_size=args.image_size, num_classes=1000, seed=0)
         # No workers: synthetic batches cost nothing to make, and workers would only compete with the step for the
         # CPU (on 2 cores they cost us 16-23% against the plain loop, which has no loader at all).
-        loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, drop_last=True, num_workers=0,
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, drop_last=True, num_workers=0,
                                              pin_memory=device.type != "cpu")
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         meter = ThroughputMeter(sync, warmup_steps=warmup)
         train_one_epoch(model, loader, optimizer, scheduler, nn.CrossEntropyLoss(), accelerator,
-                        Normalizer(IMAGENET_MEAN, IMAGENET_STD, device), meter,
+                        Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, channels_last=args.channels_last), meter,
                         EpochPlan(0, 1, steps, print_freq=10**9), log=lambda m: None)
         accelerator.free_memory()
         return meter.fps
 
-    def plain_once() -> float:
-        """The loop a user writes without us: float batches already normalised on the device."""
+    def plain_once(batch_size: int) -> float:
+        """The loop a user writes without us: float batches already normalised on the device, torch's SGD."""
         model = fresh_model().to(device)
-        optimizer = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False)
-        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-        y = torch.randint(0, 1000, (args.batch_size,), device=device)
+        if args.compile:
+            model = torch.compile(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        x = torch.randn(batch_size, 3, args.image_size, args.image_size, device=device).contiguous(
+            memory_format=memory_format)
+        y = torch.randint(0, 1000, (batch_size,), device=device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         model.train()
@@ -144,22 +171,42 @@ def bench_train(args) -> dict:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
         sync()
-        return args.steps * args.batch_size / (time.perf_counter() - start)
+        return args.steps * batch_size / (time.perf_counter() - start)
 
-    ours, plain = 0.0, 0.0
-    for _ in range(args.rounds):
-        plain = max(plain, plain_once())
-        ours = max(ours, ours_once())
-    flops = _train_flops_per_image(fresh_model().to(device), args.image_size)
+    flops = _train_flops_per_image(build_model(args.arch, 1000, head=head), args.image_size)
     name = device_name(accelerator)
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name.replace(" ", "")), None)
-    result = {"what": f"training step, {args.arch} {args.image_size} px, batch {args.batch_size}, "
-              f"{accelerator.mixed_precision}", "images_per_s": ours, "baseline_images_per_s": plain,
-              "ratio": ours / plain, "device": name, "gflop_per_image": flops / 1e9,
-              "baseline": "plain PyTorch loop, same model, batch and SGD"}
-    if peak:
-        result["flop_utilisation"] = ours * flops / (peak * 1e12)
-    return result
+    setting = accelerator.mixed_precision + (" + channels_last" if args.channels_last else "") + \
+        (" + compile" if args.compile else "")
+    results = []
+    for batch_size in args.batch_size:
+        what = f"training step, {args.arch} {args.image_size} px, batch {batch_size}, {setting}"
+        ours, plain = 0.0, 0.0
+        try:
+            for r in range(args.rounds):
+                for side in _order(r):
+                    if side == "baseline":
+                        plain = max(plain, plain_once(batch_size))
+                    else:
+                        ours = max(ours, ours_once(batch_size))
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not _is_out_of_memory(e):
+                raise
+            accelerator.free_memory()
+            results.append({"what": what, "batch_size": batch_size, "setting": setting, "device": name,
+                            "oom": True, "error": one_line(e)[:200]})
+            break  # larger batches will not fit either
+        result = {"what": what, "batch_size": batch_size, "setting": setting, "images_per_s": ours,
+                  "baseline_images_per_s": plain, "ratio": ours / plain, "device": name,
+                  "gflop_per_image": flops / 1e9, "baseline": "plain PyTorch loop, same model and batch, torch's SGD"}
+        if peak:
+            result["flop_utilisation"] = ours * flops / (peak * 1e12)
+            result["peak_tflops"] = peak
+        results.append(result)
+        accelerator.free_memory()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -174,22 +221,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t = sub.add_parser("train", help="training step against a plain PyTorch loop")
     t.add_argument("--arch", default="vgg16")
     t.add_argument("--image-size", type=int, default=224)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--batch-size", type=int, nargs="+", default=[64], help="one or more; stops at the first that "
+                   "does not fit in memory")
     t.add_argument("--steps", type=int, default=30)
     t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    t.add_argument("--channels-last", action="store_true", help="channels_last model and batches (both sides)")
+    t.add_argument("--compile", action="store_true", help="torch.compile both sides (ours through Accelerate); GPU")
     t.add_argument("--peak-tflops", type=float, help="device peak for FLOP utilisation, if not known")
     for p in (d, t):
         p.add_argument("--rounds", type=int, default=2, help="alternate both sides this many times; keep the best")
     args = parser.parse_args(argv)
     try:
-        result = bench_data(args) if args.what == "data" else bench_train(args)
+        results = [bench_data(args)] if args.what == "data" else bench_train(args)
     except UsageError as e:  # a wrong --data and the like: one line, as train_vgg16.py says it
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    print(f"{result['what']}: ours {result['images_per_s']:.1f} images/s, baseline {result['baseline_images_per_s']:.1f} "
-          f"images/s ({result['baseline']}), ratio {result['ratio']:.3f}"
-          + (f", FLOP utilisation {100 * result['flop_utilisation']:.1f}%" if "flop_utilisation" in result else ""))
-    print(json.dumps(result))
+    for result in results:
+        if result.get("oom"):
+            print(f"{result['what']}: out of device memory, larger batches skipped")
+        else:
+            print(f"{result['what']}: ours {result['images_per_s']:.1f} images/s, baseline "
+                  f"{result['baseline_images_per_s']:.1f} images/s ({result['baseline']}), ratio {result['ratio']:.3f}"
+                  + (f", FLOP utilisation {100 * result['flop_utilisation']:.1f}%" if "flop_utilisation" in result else ""))
+    for result in results:
+        print(json.dumps(result))
     return 0
 
 

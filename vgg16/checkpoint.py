@@ -1,7 +1,7 @@
 """Training state (Accelerate's save_state/load_state) and the exported model (safetensors + config.json).
 
 A checkpoint folder `checkpoints/epoch_NNNN` holds what `accelerator.save_state` writes (model.safetensors,
-optimizer, scaler, each process's RNG) plus `trainer_state.json` (epoch, step, best accuracy, scheduler). It is
+optimizer, scaler, each process's RNG; on an NPU also its RNG, which Accelerate leaves out) plus `trainer_state.json` (epoch, step, best accuracy, scheduler). It is
 written under a temporary name and renamed when complete, so a kill mid-save leaves the previous one usable.
 Nothing here is unpickled beyond what Accelerate loads with `torch.load(weights_only=True)`.
 """
@@ -13,9 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import UsageError
@@ -24,6 +25,30 @@ from .model import check_state_dict
 TRAINER_STATE = "trainer_state.json"
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
+NPU_RNG = "npu_rng_state_{}.safetensors"
+
+
+def _npu():
+    """torch.npu when torch_npu is loaded and an NPU is visible, else None."""
+    npu = getattr(torch, "npu", None)
+    return npu if npu is not None and npu.is_available() else None
+
+
+def save_npu_rng(folder: Path, process_index: int) -> None:
+    """Accelerate's save_state (1.15) keeps the RNG of CPU, CUDA, XPU, MLU, MUSA, HPU, Neuron... but not of the
+    NPU: without this, dropout after a resume on Ascend would not draw what an uninterrupted run draws."""
+    npu = _npu()
+    if npu is not None:
+        states = npu.get_rng_state_all()
+        save_file({f"device_{i}": state.contiguous() for i, state in enumerate(states)},
+                  str(Path(folder) / NPU_RNG.format(process_index)))
+
+
+def load_npu_rng(folder: Path, process_index: int) -> None:
+    npu, path = _npu(), Path(folder) / NPU_RNG.format(process_index)
+    if npu is not None and path.exists():
+        states = load_file(str(path))
+        npu.set_rng_state_all([states[f"device_{i}"] for i in range(len(states))])
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -66,6 +91,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: 
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))  # every process writes its RNG state; the main one the rest
+        save_npu_rng(tmp, accelerator.process_index)
         if accelerator.is_main_process:
             write_json(tmp / TRAINER_STATE, state)
             shutil.rmtree(final, ignore_errors=True)
@@ -107,6 +133,7 @@ def load_training_state(accelerator: Accelerator, checkpoint: Path, model: nn.Mo
     check_state_dict(accelerator.unwrap_model(model), read_weights(Path(checkpoint) / WEIGHTS), f"--resume {checkpoint}")
     try:
         accelerator.load_state(str(checkpoint))
+        load_npu_rng(Path(checkpoint), accelerator.process_index)
     except (RuntimeError, OSError, ValueError, EOFError) as e:
         raise UsageError(f"--resume {checkpoint}: could not load the training state ({str(e).splitlines()[0]})") from None
     scheduler.load_state_dict(state["scheduler"])

@@ -281,5 +281,8 @@ def build_loaders(train_set: Dataset, val_set: Dataset, *, batch_size: int, work
     else:
         train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
                            generator=torch.Generator().manual_seed(seed), **common)
-    val = DataLoader(val_set, batch_size=batch_size, shuffle=False, drop_last=False, **common)
+    # A generator for validation too: every new iterator draws a seed, and from the global generator that would
+    # shift dropout after a run stopped mid-epoch (--stop-step-num: evaluated, then saved) is resumed.
+    val = DataLoader(val_set, batch_size=batch_size, shuffle=False, drop_last=False,
+                     generator=torch.Generator().manual_seed(seed), **common)
     return train, val

@@ -26,15 +26,15 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, RepeatedAugmen
 from .ema import ModelEMA, ema_decay
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, StepOptions, evaluate, train_one_epoch
 from .errors import UsageError, one_line
-from .gpu_decode import BatchDecoder, EncodedImages, collate_encoded
+from .decoding import decoding_for
 from .card import model_card
 from .hub import PushFailed, push_to_hub
-from .launch import assert_processes_agree, default_workers, device_name, make_accelerator, use_cpu_cores
+from .launch import synchronize, assert_processes_agree, default_workers, device_name, make_accelerator, use_cpu_cores
 from .report import plot_curves, write_results_md
 from .metrics import ThroughputMeter
 from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of
 from .mixing import BatchMixer
-from .optim import build_optimizer, build_scheduler, lr_factor, position_scheduler
+from .optim import use_fused, build_optimizer, build_scheduler, lr_factor, position_scheduler
 from .sources import load_source
 
 
@@ -144,17 +144,15 @@ def run(cfg: TrainConfig) -> dict:
         raise UsageError(f"{len(val_set)} validation image(s) for {accelerator.num_processes} processes: every process "
                          "needs at least one; launch fewer processes or use a larger validation split")
     workers = default_workers(cfg.workers, accelerator.num_processes)
-    decoders = (BatchDecoder(train_set, accelerator.device), BatchDecoder(val_set, accelerator.device)) \
-        if cfg.gpu_decode else (tuple, tuple)
-    loader_sets = (EncodedImages(train_set), EncodedImages(val_set)) if cfg.gpu_decode else (train_set, val_set)
+    # Where batches are decoded (loader workers, or the GPU with --gpu-decode) and how they reach the device.
+    decoding = decoding_for(cfg.gpu_decode, accelerator.device)
+    train_feed, val_feed = decoding.feed(train_set), decoding.feed(val_set)
     ra_sampler = RepeatedAugmentation(len(train_set), batch_size=cfg.batch_size, seed=cfg.seed, reps=cfg.ra_reps,
                                       num_processes=accelerator.num_processes) if cfg.ra_sampler else None
-    train_loader, val_loader = build_loaders(*loader_sets, batch_size=cfg.batch_size, workers=workers, seed=cfg.seed,
-                                             pin_memory=accelerator.device.type != "cpu",
-                                             collate_fn=collate_encoded if cfg.gpu_decode else None,
-                                             train_batch_sampler=ra_sampler)
-    # nvJPEG reads its input bytes from host memory: with --gpu-decode the loaders leave batches on the CPU.
-    on_device = not cfg.gpu_decode
+    train_loader, val_loader = build_loaders(train_feed.dataset, val_feed.dataset, batch_size=cfg.batch_size,
+                                             workers=workers, seed=cfg.seed, pin_memory=accelerator.device.type != "cpu",
+                                             collate_fn=decoding.collate_fn, train_batch_sampler=ra_sampler)
+    on_device = decoding.loader_on_device
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
     lr = cfg.lr * global_batch / LR_REFERENCE_BATCH if cfg.lr_scale_by_batch else cfg.lr
 
@@ -185,7 +183,7 @@ def run(cfg: TrainConfig) -> dict:
 
     if cfg.evaluate:
         model, val_loader = accelerator.prepare(model, val_loader, device_placement=[True, on_device])
-        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=decoders[1])
+        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=val_feed.prepare)
         results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], val_images=metrics["count"],
                        val_loss=metrics["loss"], bad_images=metrics["bad_images"], fps=0.0, epochs=0, steps=0,
                        evaluated=cfg.resume or cfg.pretrained)
@@ -196,16 +194,16 @@ def run(cfg: TrainConfig) -> dict:
                              "lower --batch-size")
         optimizer = build_optimizer(model, opt=cfg.opt, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     norm_weight_decay=cfg.norm_weight_decay, bias_weight_decay=cfg.bias_weight_decay,
-                                    nesterov=cfg.nesterov, fused=accelerator.device.type == "cuda")
+                                    nesterov=cfg.nesterov, fused=use_fused(accelerator.device.type, accelerator.mixed_precision))
         model, optimizer, train_loader, val_loader = accelerator.prepare(
             model, optimizer, train_loader, val_loader, device_placement=[True, True, on_device, on_device])
-        _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, decoders, model_config, results,
-             log, ra_sampler)
+        _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, (train_feed, val_feed), model_config,
+             results, log, ra_sampler)
     _finish(cfg, accelerator, output_dir, results, model_config, log)
     return results
 
 
-def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, decoders: tuple,
+def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, feeds: tuple,
          model_config: dict, results: dict, log, ra_sampler=None) -> None:
     """The epoch loop: train, evaluate, checkpoint, export, update results (in place) after every epoch."""
     output_dir = Path(cfg.output_dir)
@@ -232,7 +230,7 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
         start_epoch, step_in_epoch, global_step = cfg.start_epoch, 0, cfg.start_epoch * steps_per_epoch
         position_scheduler(scheduler, global_step)
 
-    meter = ThroughputMeter(lambda: _sync(accelerator))
+    meter = ThroughputMeter(lambda: synchronize(accelerator.device))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # takes mixup's soft targets too
     checkpoints = output_dir / "checkpoints"
 
@@ -266,14 +264,14 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
         with _profiler(cfg, accelerator, output_dir, first=epoch == start_epoch) as profiler:
             stats = train_one_epoch(model, loader, optimizer, scheduler, criterion, accelerator, normalize, meter, plan,
                                     log, profiler, after_step=save_mid_epoch(epoch), progress=progress,
-                                    prepare_batch=decoders[0], options=options)
+                                    prepare_batch=feeds[0].prepare, options=options)
         global_step += stats["steps"]
         skipped += stats["skipped_steps"]
-        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=decoders[1])
+        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=feeds[1].prepare)
         best_acc1 = max(best_acc1, metrics["acc1"])
         ema_metrics = None
         if options.ema is not None:
-            ema_metrics = evaluate(options.ema.module, val_loader, accelerator, normalize, prepare_batch=decoders[1])
+            ema_metrics = evaluate(options.ema.module, val_loader, accelerator, normalize, prepare_batch=feeds[1].prepare)
             log(f"validation (EMA): acc1 {ema_metrics['acc1']:.3f}  acc5 {ema_metrics['acc5']:.3f}")
         use_ema = ema_metrics is not None and ema_metrics["acc1"] > metrics["acc1"]
         model_config["weights"] = "ema" if use_ema else "model"
@@ -338,12 +336,6 @@ def _finish(cfg: TrainConfig, accelerator, output_dir: Path, results: dict, mode
     accelerator.end_training()
     if cfg.push_to_hub and accelerator.is_main_process:
         log(f"pushed {output_dir} to {cfg.hub_model_id}: {push_to_hub(output_dir, cfg.hub_model_id, cfg.hub_private)}")
-
-
-def _sync(accelerator) -> None:
-    """Wait for queued device work so timings are honest; nothing to wait for on CPU."""
-    if accelerator.device.type != "cpu" and torch.accelerator.is_available():
-        torch.accelerator.synchronize()
 
 
 def _profiler(cfg: TrainConfig, accelerator, output_dir: Path, first: bool):
