@@ -2,6 +2,9 @@
 the weights (from_pretrained, predict)."""
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import huggingface_hub
 import pytest
@@ -75,14 +78,21 @@ def test_model_card_has_metrics_and_the_command(run_dir):
     meta = {line.split(": ", 1)[0]: json.loads(line.split(": ", 1)[1]) for line in front.strip().splitlines()}
     metrics = meta["model-index"][0]["results"][0]["metrics"]
     assert metrics[0]["value"] == round(results["acc1"], 3) and metrics[1]["value"] == round(results["acc5"], 3)
-    assert meta["library_name"] == "pytorch" and "image-classification" in meta["tags"]
+    assert meta["library_name"] == "pytorch" and "image-classification" in meta["tags"]  # small head: not timm
+    assert meta["license"] and meta["pipeline_tag"] == "image-classification" and "timm cannot load" in card
     assert "--report-to tensorboard" in card or "command" in card
+    # The hub's own parser reads the results the hub shows (offline: ModelCard.validate needs the network).
+    parsed = huggingface_hub.ModelCard.load(out / "README.md")
+    found = {r.metric_type: r.metric_value for r in parsed.data.eval_results}
+    assert found == {"accuracy": round(results["acc1"], 3), "top_5_accuracy": round(results["acc5"], 3)}
+    assert parsed.data.library_name == "pytorch" and parsed.data.datasets == [results["dataset"]]
 
 
 def test_from_pretrained_and_predict_use_the_folder(run_dir, capsys):
     data, out = run_dir
-    model, config = vgg16.from_pretrained(str(out))
-    assert not model.training and config["class_names"] == ["cat", "dog", "eel"]
+    model = vgg16.from_pretrained(str(out))
+    assert isinstance(model, torch.nn.Module) and isinstance(model, models.VGG)  # torchvision's class, keys
+    assert not model.training and model.config["class_names"] == ["cat", "dog", "eel"]
     image = next((data / "val" / "dog").iterdir())
     assert predict.main(["--model", str(out), str(image)]) == 0
     line = capsys.readouterr().out.strip()
@@ -91,10 +101,33 @@ def test_from_pretrained_and_predict_use_the_folder(run_dir, capsys):
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(100, abs=0.5)
 
 
+def test_predict_a_folder_in_batches_as_json_with_unreadable_files(run_dir, tmp_path, capsys):
+    data, out = run_dir
+    folder = tmp_path / "imgs"
+    shutil.copytree(data / "val", folder)
+    (folder / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    images = sorted(p for p in folder.rglob("*") if p.suffix in (".jpg", ".png"))
+    assert predict.main(["--model", str(out), str(folder), "--json", "--top-k", "2", "--batch-size", "5"]) == 1
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and "broken.jpg" in errors[0] and errors[0].startswith("error: cannot read image")
+    assert [r["image"] for r in rows] == [str(p) for p in images if p.name != "broken.jpg"]  # every other one, in order
+    assert all(len(r["top"]) == 2 and r["top"][0]["probability"] >= r["top"][1]["probability"] for r in rows)
+    # Batches of 5 give what one image at a time gives.
+    single = predict.predict(vgg16.from_pretrained(str(out)).eval(), json.loads((out / "config.json").read_text()),
+                             [vgg16.data.decode_image({"path": rows[3]["image"]})], k=2)[0]
+    assert [(n, i) for n, i, _ in single] == [(t["label"], t["index"]) for t in rows[3]["top"]]
+    assert single[0][2] == pytest.approx(rows[3]["top"][0]["probability"], abs=1e-5)
+    assert predict.main(["--model", str(out), str(tmp_path / "nothing-here")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_from_pretrained_reads_a_plain_torchvision_state_dict(tmp_path):
     reference = models.vgg11_bn(num_classes=4).eval()
     save_file(reference.state_dict(), str(tmp_path / "tv.safetensors"))
-    model, config = vgg16.from_pretrained(str(tmp_path / "tv.safetensors"))
+    model = vgg16.from_pretrained(str(tmp_path / "tv.safetensors"))
+    config = model.config
     assert (config["arch"], config["num_classes"], config["head"]) == ("vgg11_bn", 4, "imagenet")
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(model(x), reference(x))
@@ -110,9 +143,9 @@ def test_hub_ids_download_through_huggingface_hub(run_dir, monkeypatch):
         return str(out / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    model, config = vgg16.from_pretrained("someone/vgg-test")
+    model = vgg16.from_pretrained("someone/vgg-test")
     assert asked == [("someone/vgg-test", "model.safetensors"), ("someone/vgg-test", "config.json")]
-    assert config["arch"] == "vgg11_bn"
+    assert model.config["arch"] == "vgg11_bn"
     monkeypatch.undo()
     with pytest.raises(UsageError, match="the hub gave no model.safetensors"):
         vgg16.from_pretrained("someone/not-cached")  # offline: one clear error
@@ -162,6 +195,43 @@ def test_push_to_hub_uploads_the_model_folder(run_dir, tmp_path, monkeypatch, ca
     assert "https://huggingface.co/me/vgg/commit/1" in captured.out
 
 
+class StagingRecordingHub(RecordingHub):
+    """Records what each upload saw in its folder (every_save uploads a staging copy that is deleted after)."""
+
+    def upload_folder(self, **kwargs):
+        if self.fail:
+            raise ConnectionError("network is unreachable (token hf_secret_token_value)")
+        folder = Path(kwargs["folder_path"])
+        config = json.loads((folder / "results.json").read_text())
+        self.calls.append(("upload_folder", kwargs["commit_message"], config["epochs"],
+                           sorted(p.name for p in folder.iterdir())))
+        return huggingface_hub.CommitInfo(commit_url="https://huggingface.co/me/vgg/commit/1", commit_message="",
+                                          commit_description="", oid="1")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_hub_strategy_every_save_uploads_after_each_save(run_dir, tmp_path, monkeypatch, capsys, fail):
+    data, _ = run_dir
+    hub = StagingRecordingHub(fail)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: hub)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+    out = tmp_path / "every"
+    code = main(["--data", str(data), *ARGS, "--epochs", "2", "--output-dir", str(out), "--push-to-hub",
+                 "--hub-model-id", "me/vgg", "--hub-strategy", "every_save"])
+    captured = capsys.readouterr()
+    assert json.loads((out / "results.json").read_text())["epochs"] == 2  # a failed upload never stops training
+    assert "hf_secret_token_value" not in captured.out + captured.err
+    if fail:
+        assert code == 1 and captured.out.count("warning: push of epoch") == 2 and "training goes on" in captured.out
+        return
+    assert code == 0
+    uploads = [c for c in hub.calls if c[0] == "upload_folder"]
+    assert [(u[1].split(":")[0], u[2]) for u in uploads[:2]] == [("epoch 1", 1), ("epoch 2", 2)]
+    assert len(uploads) == 3 and uploads[2][2] == 2  # and the final push of the finished folder
+    assert all(u[3] == sorted(vgg16.hub.UPLOADED) for u in uploads[:2])
+    assert not list(Path(tempfile.gettempdir()).glob("vgg16-push-*"))  # staging copies removed
+
+
 def test_progress_bar_in_a_terminal_and_lines_in_logs(run_dir, tmp_path, monkeypatch, capsys):
     data, _ = run_dir
     args = ["--data", str(data), *ARGS, "--epochs", "1", "--output-dir", str(tmp_path)]
@@ -191,3 +261,71 @@ def test_pretrained_with_another_class_count_replaces_the_last_layer(run_dir, tm
     tuned = load_file(str(out / "model.safetensors"))
     assert tuned["classifier.6.weight"].shape == (3, 4096)
     torch.testing.assert_close(tuned["features.0.weight"], source.state_dict()["features.0.weight"], rtol=0, atol=1e-6)
+
+
+def test_old_format_folders_still_load(run_dir, tmp_path):
+    """A folder exported before config.json held the evaluation sizes and timm's fields."""
+    _, out = run_dir
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    config = json.loads((out / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({k: config[k] for k in ("arch", "num_classes", "image_size", "head",
+                                                                         "class_names", "mean", "std")}))
+    model = vgg16.from_pretrained(str(old))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), vgg16.from_pretrained(str(out))(x))
+
+
+def _export_224(tmp_path, arch="vgg11"):
+    """A 224 px export written by the trainer's own export function."""
+    from accelerate import Accelerator
+
+    from vgg16.checkpoint import export_model
+    from vgg16.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, 3)
+    config = {"arch": arch, "num_classes": 3, "image_size": 224, "head": "imagenet", "dropout": 0.5,
+              "class_names": ["cat", "dog", "eel"], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+              "val_resize_size": 256, "val_crop_size": 224, "interpolation": "bilinear", "library": "vgg16"}
+    out = tmp_path / "export224"
+    out.mkdir()
+    export_model(Accelerator(cpu=True), model, out, config)
+    return out, model.eval()
+
+
+def test_timm_loads_a_224_export_with_the_same_logits(tmp_path):
+    import timm
+
+    out, model = _export_224(tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "vgg11" and config["label_names"] == ["cat", "dog", "eel"]
+    assert config["pretrained_cfg"]["crop_pct"] == 0.875 and config["pretrained_cfg"]["input_size"] == [3, 224, 224]
+    theirs = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert theirs.pretrained_cfg["mean"] == [0.485, 0.456, 0.406] and theirs.num_classes == 3
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), vgg16.from_pretrained(str(out))(x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(theirs(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_the_model_saves_and_pushes_itself(tmp_path, monkeypatch):
+    """save_pretrained / push_to_hub from huggingface_hub's mixin, torchvision's keys kept; the upload is the one
+    thing intercepted (no network here)."""
+    model = vgg16.from_pretrained(str(_export_224(tmp_path)[0]))
+    model.save_pretrained(tmp_path / "again")
+    again = vgg16.hub.VGGClassifier.from_pretrained(str(tmp_path / "again"))
+    assert set(again.state_dict()) == set(models.vgg11(num_classes=3).state_dict())
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["architecture"] == "vgg11"
+    uploaded = []
+
+    def fake_upload(self, *, repo_id, folder_path, **kwargs):
+        uploaded.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+        return "https://hub/commit"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **k: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload)
+    model.push_to_hub("me/vgg11-test")
+    assert uploaded == [("me/vgg11-test", ["README.md", "config.json", "model.safetensors"])]

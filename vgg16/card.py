@@ -27,10 +27,14 @@ def model_card(results: dict, model_config: dict) -> str:
     """YAML front matter (library, tags, dataset, metrics with values) and a short human description."""
     dataset = results["dataset"]
     acc1, acc5 = exported_accuracy(results)
+    timm_loads = model_config["head"] == "imagenet"  # timm has no small-image head
     front = {
-        "library_name": "pytorch",
+        # timm builds 224 px exports from config.json (hf-hub:USER/NAME), so the hub shows its snippet for them.
+        "library_name": "timm" if timm_loads else "pytorch",
         "pipeline_tag": "image-classification",
-        "tags": ["image-classification", "vgg", results["arch"], "torchvision", "accelerate", "safetensors"],
+        "license": "bsd-3-clause",
+        "tags": ["image-classification", "vgg", results["arch"], "torchvision", "accelerate", "safetensors"]
+        + (["timm"] if timm_loads else []),
         "datasets": [dataset],
         "metrics": ["accuracy"],
         "model-index": [{
@@ -63,7 +67,7 @@ def model_card(results: dict, model_config: dict) -> str:
         "## Use", "",
         "```python",
         "import vgg16  # this repository's package",
-        "model, config = vgg16.from_pretrained(\"PATH_OR_HUB_ID\")",
+        "model = vgg16.from_pretrained(\"PATH_OR_HUB_ID\")  # eval mode; model.config is config.json",
         "```", "",
         f"or with torchvision alone{'' if head == 'imagenet' else ' (after replacing the head as vgg16.build_model does)'}:", "",
         "```python",
@@ -72,6 +76,12 @@ def model_card(results: dict, model_config: dict) -> str:
         *([] if head == "imagenet" else ["# small head: see config.json (head: small)"]),
         "model.load_state_dict(safetensors.torch.load_file(\"model.safetensors\"))",
         "```", "",
+        *(["or with timm (config.json carries timm's architecture and pretrained_cfg):", "", "```python",
+           "import timm",
+           "model = timm.create_model(\"hf-hub:USER/NAME\", pretrained=True)  # or \"local-dir:PATH\"",
+           "```", ""] if timm_loads else
+          ["timm cannot load this model: its small-image head (global pooling, 512-wide classifier) has no timm "
+           "counterpart.", ""]),
         f"Inputs: RGB, resized to {eval_sizes(model_config)[0]} px and center-cropped to {eval_sizes(model_config)[1]} px, normalised with mean "
         f"{list(model_config['mean'])} and std {list(model_config['std'])}.", "",
         "## Training", "",

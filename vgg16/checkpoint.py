@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import UsageError
-from .model import check_state_dict
+from .model import check_state_dict, with_timm_fields
 
 TRAINER_STATE = "trainer_state.json"
 WEIGHTS = "model.safetensors"
@@ -158,7 +158,7 @@ def export_model(accelerator: Accelerator, model: nn.Module, output_dir: Path, m
     try:
         accelerator.save_model(model, str(tmp), safe_serialization=True)
         if accelerator.is_main_process:
-            write_json(tmp / MODEL_CONFIG, model_config)
+            write_json(tmp / MODEL_CONFIG, with_timm_fields(model_config))
             for f in tmp.iterdir():
                 f.replace(output_dir / f.name)
             tmp.rmdir()

@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--push-to-hub", action="store_true", help="upload the model folder to the hub at the end")
     r.add_argument("--hub-model-id", metavar="USER/NAME", help="the hub repo for --push-to-hub")
     r.add_argument("--hub-private", action="store_true", help="create the hub repo as private")
+    r.add_argument("--hub-strategy", choices=("end", "every_save"), default="end",
+                   help="end: upload once, at the end; every_save: also after every epoch's save, in the background "
+                   "(as transformers' Trainer)")
 
     legacy = p.add_argument_group("flags of the old scripts that `accelerate launch` replaces (each stops the run "
                                   "and names its replacement)")

@@ -150,6 +150,8 @@ class TrainConfig:
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
+    hub_strategy: str = "end"
+    """end, or every_save: upload the exported model after every save too, from a background thread."""
 
     notes: list = field(default_factory=list)
     """Messages from the command-line layer (e.g. how a legacy flag was mapped), printed at start."""
@@ -223,6 +225,8 @@ class TrainConfig:
              "--loss-scale only applies to fp16: add --mixed-precision fp16 (or --amp)")
         need(self.device is None or self.device in DEVICES, f"unknown --device {self.device!r}: use cpu, gpu or npu")
         need(not (self.gpu_decode and self.dataset == "synthetic"), "--gpu-decode has nothing to decode with --dataset synthetic")
+        need(self.hub_strategy in ("end", "every_save"), f"--hub-strategy {self.hub_strategy}: use end or every_save")
+        need(self.hub_strategy == "end" or self.push_to_hub, "--hub-strategy every_save needs --push-to-hub")
         need(not self.push_to_hub or bool(self.hub_model_id),
              "--push-to-hub needs --hub-model-id USER/NAME (the repo to create or update)")
         need(not self.evaluate or bool(self.resume or self.pretrained),

@@ -72,3 +72,22 @@ def check_state_dict(model: nn.Module, state_dict: dict, source: str) -> None:
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
             raise UsageError(f"{source} does not fit this model: {key} is {tuple(state_dict[key].shape)}, "
                              f"expected {tuple(tensor.shape)}; check --arch and --image-size")
+
+
+def with_timm_fields(config: dict) -> dict:
+    """config.json plus what timm reads from it (`timm.create_model("local-dir:DIR")`, `"hf-hub:USER/NAME"`):
+    architecture, num_classes, label_names and a pretrained_cfg with the evaluation transform we use. timm's VGG
+    loader maps torchvision's keys itself (timm/models/vgg.py, _filter_fn). The small-image head has no timm
+    counterpart: those configs are returned unchanged (their model card says so)."""
+    if config.get("head", "imagenet") != "imagenet":
+        return dict(config)
+    crop = config.get("val_crop_size") or config.get("image_size") or 224
+    resize = config.get("val_resize_size") or round(crop * 256 / 224)
+    return {**config, "architecture": config["arch"], "num_classes": config["num_classes"],
+            "label_names": list(config.get("class_names") or [str(i) for i in range(config["num_classes"])]),
+            "pretrained_cfg": {"input_size": [3, crop, crop], "interpolation": config.get("interpolation", "bilinear"),
+                               "crop_pct": round(crop / resize, 4), "crop_mode": "center",
+                               "mean": list(config.get("mean", (0.485, 0.456, 0.406))),
+                               "std": list(config.get("std", (0.229, 0.224, 0.225))),
+                               "num_classes": config["num_classes"], "first_conv": "features.0",
+                               "classifier": "head.fc"}}

@@ -28,7 +28,7 @@ from .engine import EpochPlan, Normalizer, NonFiniteLoss, StepOptions, evaluate,
 from .errors import UsageError, one_line
 from .decoding import decoding_for
 from .card import model_card
-from .hub import PushFailed, push_to_hub
+from .hub import BackgroundPusher, PushFailed, push_to_hub
 from .launch import synchronize, assert_processes_agree, default_workers, device_name, make_accelerator, use_cpu_cores
 from .report import plot_curves, write_results_md
 from .metrics import ThroughputMeter
@@ -197,14 +197,20 @@ def run(cfg: TrainConfig) -> dict:
                                     nesterov=cfg.nesterov, fused=use_fused(accelerator.device.type, accelerator.mixed_precision))
         model, optimizer, train_loader, val_loader = accelerator.prepare(
             model, optimizer, train_loader, val_loader, device_placement=[True, True, on_device, on_device])
-        _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, (train_feed, val_feed), model_config,
-             results, log, ra_sampler)
+        pusher = BackgroundPusher(cfg.hub_model_id, cfg.hub_private, log) \
+            if cfg.hub_strategy == "every_save" and accelerator.is_main_process else None
+        try:
+            _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, (train_feed, val_feed),
+                 model_config, results, log, ra_sampler, pusher)
+        finally:
+            if pusher is not None:
+                pusher.close()
     _finish(cfg, accelerator, output_dir, results, model_config, log)
     return results
 
 
 def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, feeds: tuple,
-         model_config: dict, results: dict, log, ra_sampler=None) -> None:
+         model_config: dict, results: dict, log, ra_sampler=None, pusher: Optional[BackgroundPusher] = None) -> None:
     """The epoch loop: train, evaluate, checkpoint, export, update results (in place) after every epoch."""
     output_dir = Path(cfg.output_dir)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
@@ -300,6 +306,8 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
                 "this epoch (python -m vgg16.check_data lists them)")
         if accelerator.is_main_process:
             _write_reports(output_dir, results, model_config)
+            if pusher is not None:  # --hub-strategy every_save: the copy is the only wait
+                pusher.submit(output_dir, f"epoch {epoch + 1}")
 
 
 def _step_options(cfg: TrainConfig, accelerator, model, num_classes: int) -> StepOptions:
