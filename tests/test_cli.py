@@ -151,3 +151,15 @@ def test_torch_npu_without_cann_is_one_line(tmp_path, entry):
     fixed = subprocess.run([sys.executable, *entry], cwd=ROOT, env={**env, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
                            capture_output=True, text=True, timeout=120)
     assert fixed.returncode == 0 and "usage" in fixed.stdout
+
+
+def test_dist_timeout_reaches_the_process_group_settings(tmp_path):
+    from datetime import timedelta
+
+    from vgg16.launch import make_accelerator
+
+    cfg = parse_args(["--dist-timeout", "90", "--output-dir", str(tmp_path)])
+    assert cfg.dist_timeout == 90
+    assert make_accelerator(cfg).init_handler.timeout == timedelta(minutes=90)
+    with pytest.raises(UsageError, match="--dist-timeout"):
+        parse_args(["--dist-timeout", "0"])

@@ -128,3 +128,38 @@ def test_embedded_digits_are_real_and_offline():
     assert (len(data.train), len(data.val)) == (1437, 360) and data.small_images
     image = np.asarray(data.train[0]["image"])
     assert image.shape == (8, 8) and 0 < image.mean() < 255 and len(np.unique(image)) > 4
+
+
+@pytest.mark.parametrize("layout", ["class-folders", "train-only"])
+def test_folders_without_a_validation_split_hold_one_out(tmp_path, layout):
+    """torchvision ImageFolder's own layout (root/<class>/*), and train/ without val/: a seeded, stratified 10%
+    is held out, said in a note, and every image lands in exactly one split."""
+    root = make_image_folder(tmp_path / "d", n_train=10, n_val=0)
+    shutil.rmtree(root / "val")
+    if layout == "class-folders":
+        for folder in (root / "train").iterdir():
+            folder.rename(root / folder.name)
+        (root / "train").rmdir()
+    data = load_source(str(root), seed=3)
+    assert data.class_names == ["cat", "dog", "eel"] and len(data.train) + len(data.val) == 30
+    assert sorted(data.val["label"]) == [0, 1, 2]  # stratified: one of each class in a 10% hold-out of 30
+    assert "no validation split: holding out 10%" in data.notes[0]
+    again = load_source(str(root), seed=3)
+    assert again.val["image"] == data.val["image"]  # seeded
+    paths = [p["path"] for p in data.train.cast_column("image", datasets.Image(decode=False))["image"]] + \
+        [p["path"] for p in data.val.cast_column("image", datasets.Image(decode=False))["image"]]
+    assert len(set(paths)) == 30
+
+
+def test_a_folder_of_class_folders_trains(tmp_path, capsys):
+    from vgg16.runner import main
+
+    root = make_image_folder(tmp_path / "d", n_train=10, n_val=0)
+    shutil.rmtree(root / "val")
+    for folder in (root / "train").iterdir():
+        folder.rename(root / folder.name)
+    (root / "train").rmdir()
+    assert main(["--data", str(root), "-a", "vgg11", "--image-size", "32", "--epochs", "1", "-b", "4", "-j", "0",
+                 "--output-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "holding out 10% of train (3 images, seed" in out and "validation: acc1" in out

@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = p.add_argument_group("data")
     d.add_argument("--data", "--data_path", "--data-path", dest="data", metavar="PATH_OR_NAME",
-                   help="ImageNet-style folder (train/, val/), cifar-10-batches-py, a parquet folder, a "
-                   "save_to_disk folder, or a hub dataset name; omit for the embedded digits")
+                   help="ImageNet-style folder (train/, val/) or a folder of class folders, cifar-10-batches-py, "
+                   "a parquet folder, a save_to_disk folder, or a hub dataset name; omit for the embedded digits")
     d.add_argument("--dataset", default="auto", help="synthetic (random tensors, for throughput) or digits")
     d.add_argument("--num-classes", type=int, help="class count for --dataset synthetic (default 1000)")
     d.add_argument("--image-size", "--train-crop-size", dest="image_size", type=int,
@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
     x.add_argument("--channels-last", action="store_true", help="NHWC model and inputs (GPU speed-up)")
     x.add_argument("--compile", action="store_true", help="torch.compile (inductor) through Accelerate; GPU only")
+    x.add_argument("--dist-timeout", type=float, metavar="MINUTES",
+                   help="process-group timeout for collectives (default torch's: 10 min NCCL, 30 gloo); raise it for "
+                   "slow starts of large jobs")
     x.add_argument("--gpu-decode", action="store_true",
                    help="decode JPEG batches on the GPU (nvJPEG); workers only read files. NVIDIA only")
 

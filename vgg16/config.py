@@ -129,6 +129,8 @@ class TrainConfig:
     channels_last: bool = False
     """NHWC memory format for the model and its inputs (faster convolutions on recent GPUs; opt-in, unverified on NPU)."""
     compile: bool = False
+    dist_timeout: Optional[float] = None
+    """Minutes before a collective that some process never joins fails (Accelerate's InitProcessGroupKwargs)."""
     """torch.compile through Accelerate's dynamo settings; GPU only."""
     gpu_decode: bool = False
     """Decode JPEG batches on the GPU (nvJPEG); loader workers only read files."""
@@ -225,6 +227,7 @@ class TrainConfig:
              "--loss-scale only applies to fp16: add --mixed-precision fp16 (or --amp)")
         need(self.device is None or self.device in DEVICES, f"unknown --device {self.device!r}: use cpu, gpu or npu")
         need(not (self.gpu_decode and self.dataset == "synthetic"), "--gpu-decode has nothing to decode with --dataset synthetic")
+        need(self.dist_timeout is None or self.dist_timeout > 0, "--dist-timeout takes minutes above 0")
         need(self.hub_strategy in ("end", "every_save"), f"--hub-strategy {self.hub_strategy}: use end or every_save")
         need(self.hub_strategy == "end" or self.push_to_hub, "--hub-strategy every_save needs --push-to-hub")
         need(not self.push_to_hub or bool(self.hub_model_id),

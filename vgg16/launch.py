@@ -4,10 +4,12 @@ the user asked for."""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradScalerKwargs, ProjectConfiguration, gather_object
+from accelerate.utils import (DataLoaderConfiguration, GradScalerKwargs, InitProcessGroupKwargs, ProjectConfiguration,
+                               gather_object)
 
 from .config import TrainConfig
 from .errors import UsageError
@@ -43,6 +45,8 @@ def dataloader_configuration() -> DataLoaderConfiguration:
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     handlers = []
+    if cfg.dist_timeout is not None:
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.dist_timeout)))
     if cfg.loss_scale is not None:
         # The seed's static loss scale: start at N and never grow. Unlike apex's static mode, an overflow still
         # skips the step (and halves the scale) instead of applying inf gradients.

@@ -94,17 +94,33 @@ def _check_same_classes(train_classes: list, val_classes: list, where: str) -> N
                      "the same class list")
 
 
-def load_image_folder(root: Path) -> ImageData:
+def is_class_folder(root: Path) -> bool:
+    """torchvision ImageFolder's own layout, root/<class>/<image>, with no train/ inside (its split names alone,
+    such as a lone val/, do not count). Looks only until it finds one image."""
+    subdirs = [e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+    if not subdirs or {e.name for e in subdirs} <= {"train", *VAL_SPLIT_NAMES}:
+        return False
+    for entry in subdirs:
+        for _, _, files in os.walk(entry.path, followlinks=True):
+            if any(f.lower().endswith(IMG_EXTENSIONS) for f in files):
+                return True
+    return False
+
+
+def load_image_folder(root: Path, seed: int = 0) -> ImageData:
+    """train/<class>/* with val/<class>/* (ImageNet's layout); or, without a val/ folder, or for a bare folder of
+    class folders (ImageFolder's layout), a seeded stratified 10% of the images held out for validation."""
     val_dir = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
-    if not (root / "train").is_dir() or val_dir is None:
-        raise UsageError(f"{root} is not an ImageNet-style folder: it needs train/<class>/* and val/<class>/*")
-    train_paths, train_labels, classes = scan_class_folder(root / "train")
-    val_paths, val_labels, val_classes = scan_class_folder(val_dir)
+    train_root = root / "train" if (root / "train").is_dir() else root
+    train_paths, train_labels, classes = scan_class_folder(train_root)
     if not classes:
-        raise UsageError(f"{root / 'train'} has no class folders: put each class's images in train/<class>/")
-    _check_same_classes(classes, val_classes, str(root))
+        raise UsageError(f"{train_root} has no class folders: put each class's images in {train_root}/<class>/")
     features = _features(classes)
     train = datasets.Dataset.from_dict({"image": train_paths, "label": train_labels}, features=features)
+    if train_root == root or val_dir is None:
+        return _from_splits(root.name, {"train": train}, str(root), seed)
+    val_paths, val_labels, val_classes = scan_class_folder(val_dir)
+    _check_same_classes(classes, val_classes, str(root))
     val = datasets.Dataset.from_dict({"image": val_paths, "label": val_labels}, features=features)
     return ImageData(root.name, train, val, classes, _first_image_is_small(train))
 
@@ -181,7 +197,11 @@ def _from_splits(name: str, splits: dict, where: str, seed: int) -> ImageData:
     notes = ()
     val_name = next((n for n in VAL_SPLIT_NAMES if n in splits), None)
     if val_name is None:
-        held = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column="label")
+        try:
+            held = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column="label")
+        except ValueError as e:  # fewer held-out images than classes, or a class with one image
+            raise UsageError(f"{where} has no validation split and too few images to hold one out per class "
+                             f"({str(e).splitlines()[0]}): add a val/ folder") from None
         train, val = held["train"], held["test"]
         notes = (f"{where} has no validation split: holding out 10% of train ({len(val)} images, seed {seed})",)
     else:
@@ -243,9 +263,9 @@ def load_source(data: Optional[str], seed: int) -> ImageData:
     cifar = path if (path / "batches.meta").exists() else path / "cifar-10-batches-py"
     if (cifar / "batches.meta").exists():
         return load_cifar10_batches(cifar)
-    if (path / "train").is_dir():
-        return load_image_folder(path)
+    if (path / "train").is_dir() or is_class_folder(path):
+        return load_image_folder(path, seed)
     if any(path.rglob("*.parquet")):
         return load_parquet_folder(path, seed)
     raise UsageError(f"--data {data}: no train/ folder, cifar-10-batches-py, parquet files or saved dataset found "
-                     "there (ImageNet-style data needs train/<class>/* and val/<class>/*)")
+                     "there (image folders: train/<class>/* and val/<class>/*, or <class>/* alone)")
