@@ -148,9 +148,10 @@ def test_torch_npu_without_cann_is_one_line(tmp_path, entry):
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert "torch_npu" in lines[0] and "libhccl.so" in lines[0] and "set_env.sh" in lines[0]
     assert "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in lines[0]
-    fixed = subprocess.run([sys.executable, *entry], cwd=ROOT, env={**env, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
-                           capture_output=True, text=True, timeout=120)
-    assert fixed.returncode == 0 and "usage" in fixed.stdout
+    if entry[0] == "train_vgg16.py":  # the fix the line gives works (once: each start costs seconds)
+        fixed = subprocess.run([sys.executable, *entry], cwd=ROOT, env={**env, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
+                               capture_output=True, text=True, timeout=120)
+        assert fixed.returncode == 0 and "usage" in fixed.stdout
 
 
 def test_dist_timeout_reaches_the_process_group_settings(tmp_path):
