@@ -181,9 +181,9 @@ def test_device_check_quick_measures_or_explains_every_item(tmp_path):
         assert item["status"] != "skipped" or item["reason"]
     assert by_name["mid-epoch resume is bit-identical"]["status"] == "passed"
     assert by_name["mid-epoch resume is bit-identical"]["val_images"] == 360
-    assert "GPU" in by_name["--gpu-decode bf16 channels_last"]["reason"]
+    assert "GPU" in by_name["--gpu-decode, channels_last"]["reason"]
     assert "fp16" in by_name["fp16 skipped steps counted"]["reason"]
-    trainer = by_name["CPU workers bf16 channels_last"]
+    trainer = by_name["CPU workers, channels_last"]
     assert trainer["fps"] > 0 and trainer["val_images"] == trainer["expected_val_images"] == 20
     steps = [r for i in report["items"] if i["kind"] == "step" and i["status"] == "measured" for r in i["rows"]]
     assert {r["setting"] for r in steps} == {"bf16", "bf16 + channels_last", "no"} and all(r["ratio"] > 0 for r in steps)

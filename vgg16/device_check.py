@@ -213,13 +213,12 @@ def item_trainer(check: Check, photos: Path, gpu_decode: bool) -> dict:
     p = check.plan
     name = "trainer_gpu_decode" if gpu_decode else "trainer_cpu_workers"
     folder = check.out / name
-    precision = "bf16" if check.device != "cpu" or p.image_size < 64 else "no"
     flags = ["--channels-last"] + (["--gpu-decode"] if gpu_decode else [])
     command = ["train_vgg16.py", "--data", str(photos), "-a", p.arch, "--image-size", str(p.image_size),
                # CPU workers: half the epochs, enough for a steady rate to compare with
                "-b", str(p.trainer_batch), "--epochs", str(p.trainer_epochs if gpu_decode else max(1, p.trainer_epochs // 2)),
                "--lr", "0.01", "--warmup-epochs", "1",
-               "--mixed-precision", precision, *flags, "--keep-checkpoints", "1", "--print-freq", "25",
+               "--mixed-precision", "bf16", *flags, "--keep-checkpoints", "1", "--print-freq", "25",
                "--output-dir", str(folder)]
     started = time.monotonic()
     check.run(command, name)
@@ -327,14 +326,14 @@ def run_check(out: Path, quick: bool, budget_s: float, arch: Optional[str] = Non
         fitting = [r["batch_size"] for r in e.get("rows", []) if not r.get("oom")] or fitting
     gpu_why = None if device == "cuda" else "no nvJPEG: --gpu-decode needs an NVIDIA GPU"
     attempt("pipeline", "CPU workers against --gpu-decode", lambda: item_pipeline(check, photos["path"]), no_photos)
-    attempt("trainer", "--gpu-decode bf16 channels_last", lambda: item_trainer(check, photos["path"], True),
+    attempt("trainer", "--gpu-decode, channels_last", lambda: item_trainer(check, photos["path"], True),
             gpu_why or no_photos)
     attempt("correctness", "mid-epoch resume is bit-identical", lambda: item_resume(check))
     attempt("correctness", "fp16 skipped steps counted", lambda: item_fp16_skips(check),
             None if device != "cpu" else "fp16 needs a GPU or NPU (Accelerate refuses it on CPU)")
     for name, precision, flags, why in settings[2:4]:
         attempt("step", name, lambda: item_step(check, name, precision, flags, plan.batches), why)
-    attempt("trainer", "CPU workers bf16 channels_last", lambda: item_trainer(check, photos["path"], False), no_photos)
+    attempt("trainer", "CPU workers, channels_last", lambda: item_trainer(check, photos["path"], False), no_photos)
     name, precision, flags, why = settings[4]  # compiling is the slowest item: once, at the largest batch that fits
     attempt("step", name, lambda: item_step(check, name, precision, flags, fitting[-1:]), why)
     check.report["complete"] = True
