@@ -203,9 +203,7 @@ def bench_train(args) -> list:
             result["flop_utilisation"] = ours * flops / (peak * 1e12)
             result["peak_tflops"] = peak
         results.append(result)
-        accelerator.free_memory()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        accelerator.free_memory()  # also empties the device's cache (Accelerate's clear_device_cache), any backend
     return results
 
 

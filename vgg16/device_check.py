@@ -102,7 +102,7 @@ def detect_device() -> tuple[str, dict]:
             info[module] = __import__(module).__version__
         except ImportError:
             info[module] = "missing"
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # the properties the report names (memory, SMs, CUDA/cuDNN) are CUDA's own
         props = torch.cuda.get_device_properties(0)
         info.update(device_name=props.name, memory_gib=round(props.total_memory / 2**30, 1),
                     multiprocessors=props.multi_processor_count, cuda=torch.version.cuda,
@@ -166,9 +166,7 @@ def item_pipeline(check: Check, photos: Path) -> dict:
     from .sources import load_source
 
     p = check.plan
-    device = torch.device(check.device if check.device != "npu" else "npu:0")
-    if check.device == "cuda":
-        device = torch.device("cuda:0")
+    device = torch.device(check.device if check.device == "cpu" else f"{check.device}:0")
     train = AugmentedDataset(load_source(str(photos), seed=0).train,
                              train_transform(image_size=p.image_size, small=head_for(p.image_size) == "small"), 0)
     batch = min(p.trainer_batch, len(train) // (p.pipeline_batches + 2))

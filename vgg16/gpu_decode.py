@@ -50,6 +50,7 @@ class BatchDecoder:
     def __init__(self, source: AugmentedDataset, device: torch.device):
         self.source = source
         self.device = torch.device(device)
+        # nvJPEG is CUDA-only, so its stream is CUDA's (see _decode); other devices decode on the CPU path's decoder
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def _decode(self, encoded: list) -> list:

@@ -194,7 +194,8 @@ def run(cfg: TrainConfig) -> dict:
                              "lower --batch-size")
         optimizer = build_optimizer(model, opt=cfg.opt, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     norm_weight_decay=cfg.norm_weight_decay, bias_weight_decay=cfg.bias_weight_decay,
-                                    nesterov=cfg.nesterov, fused=use_fused(accelerator.device.type, accelerator.mixed_precision))
+                                    nesterov=cfg.nesterov,
+                                    fused=use_fused(accelerator.device.type, accelerator.mixed_precision))
         model, optimizer, train_loader, val_loader = accelerator.prepare(
             model, optimizer, train_loader, val_loader, device_placement=[True, True, on_device, on_device])
         pusher = BackgroundPusher(cfg.hub_model_id, cfg.hub_private, log) \
