@@ -5,8 +5,13 @@ Launched as users launch: `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --
 
 import json
 import os
+import resource
+import signal
 import socket
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +153,66 @@ def test_repeated_augmentation_keeps_two_processes_equal_to_one(data, tmp_path):
     assert _results(two)["steps"] == _results(one)["steps"] == 3
     assert _results(two)["val_images"] == _results(one)["val_images"] == 12  # validation still counts each once
     _weights_close(two, one)
+
+
+def _popen(launch: list, *args: str, env=None, preexec_fn=None) -> subprocess.Popen:
+    """train_vgg16.py under `accelerate launch ...` in its own session (so the whole machine can be killed)."""
+    bin_dir = os.path.dirname(sys.executable)
+    cmd = [os.path.join(bin_dir, "accelerate"), "launch", *launch, str(ROOT / "train_vgg16.py"), *args]
+    full_env = {**os.environ, **CPU, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2",
+                **(env or {})}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT,
+                            start_new_session=True, preexec_fn=preexec_fn)
+
+
+def _wait_for(path, proc, seconds=300):
+    deadline = time.time() + seconds
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert path.exists(), f"{path} never appeared"
+
+
+def _worker_pid(launcher_pid: int, rank: int) -> int:
+    """The training process of global rank `rank` among the launcher's children (their RANK variable)."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    for pid in map(int, children):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    raise AssertionError(f"no worker of rank {rank} among {children}")
+
+
+def test_a_killed_worker_restarts_the_group_which_resumes_to_the_same_weights(data, two_process_run, tmp_path):
+    """--max_restarts 1: SIGKILL of rank 0 (the main process) mid-epoch 1; the launcher starts both processes
+    again, they resume from the newest checkpoint although --resume was not given, and end equal to the
+    uninterrupted run."""
+    out, _ = two_process_run
+    proc = _popen(["--multi_gpu", "--num_processes", "2", "--max_restarts", "1", "--main_process_port",
+                   str(_free_port())], "--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--checkpoint-every",
+                  "1", "--output-dir", str(tmp_path))
+    _wait_for(tmp_path / "checkpoints" / "step_000000002", proc)  # step 2 of 3 in epoch 1
+    os.kill(_worker_pid(proc.pid, 0), signal.SIGKILL)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log[-4000:]
+    restarted = next(line for line in log.splitlines() if line.startswith("restart 1 of this job's processes"))
+    assert "resuming from the newest checkpoint" in restarted and log.count("resumed from") == 1
+    _weights_close(tmp_path, out, exact=True)
+    assert _results(tmp_path)["steps"] == 6
+
+
+def test_a_failed_save_on_rank_0_ends_both_processes_at_once_with_one_line_each(data, tmp_path):
+    """A real write failure: the kernel's file-size limit (RLIMIT_FSIZE, 1 MB) lets the small files through and
+    refuses the checkpoint's weights, which rank 0 writes; the run must end in seconds, not at the collective
+    timeout, saying which rank failed and why."""
+    started = time.time()
+    proc = _popen(["--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port())],
+                  "--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--checkpoint-every", "1",
+                  "--output-dir", str(tmp_path),
+                  preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)))
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and time.time() - started < 60, log[-3000:]
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert any(line.startswith("error: rank 0 of 2: could not write checkpoint") and "File too large" in line
+               for line in errors), log[-3000:]
+    # No traceback from the training processes (torchelastic's own report of the failure follows ours).
+    assert not [line for line in log.splitlines() if line.startswith("[rank") and "Traceback" in line], log[-3000:]

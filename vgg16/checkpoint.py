@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import UsageError
+from .errors import UsageError, write_failure
 from .model import check_state_dict, with_timm_fields
 
 TRAINER_STATE = "trainer_state.json"
@@ -77,6 +77,10 @@ def latest_checkpoint(output_dir: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
+# How torch.save's file writer words an I/O failure (it raises RuntimeError, not OSError).
+TORCH_SAVE_IO_ERRORS = ("Parent directory", "cannot be opened", "file write failed", "PytorchStreamWriter failed")
+
+
 def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: dict, *, name: str,
                         keep: int = 2) -> Path:
     """Save the full training state plus `state` (trainer_state.json) as checkpoints_dir/name.
@@ -96,13 +100,19 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: 
             write_json(tmp / TRAINER_STATE, state)
             shutil.rmtree(final, ignore_errors=True)
             tmp.replace(final)
-    except OSError as e:
-        # A full disk or a vanished mount. In a multi-process run the other processes then wait at the next
-        # barrier until the process group times out; the message below is what matters.
+    except (OSError, SafetensorError, RuntimeError) as e:
+        # A full disk, a file-size limit or a vanished mount: safetensors reports these as its own error type,
+        # torch.save (the RNG states) as a RuntimeError. This process ends; the launcher then stops the others
+        # (README "When a worker dies").
+        if isinstance(e, RuntimeError) and not any(m in str(e) for m in TORCH_SAVE_IO_ERRORS):
+            raise
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+        elif not tmp.exists():
+            raise UsageError(f"could not write checkpoint {final}: the main process removed the unfinished folder "
+                             "after its own save failed (its error line says why)") from None
         previous = latest_checkpoint(checkpoints_dir.parent)
-        raise UsageError(f"could not write checkpoint {final} ({e.strerror or e}); "
+        raise UsageError(f"could not write checkpoint {final} ({write_failure(e)}); "
                          + (f"the previous checkpoint {previous} is intact; " if previous else "")
                          + "free some space or choose another --output-dir, then --resume auto") from None
     if accelerator.is_main_process:
@@ -162,10 +172,10 @@ def export_model(accelerator: Accelerator, model: nn.Module, output_dir: Path, m
             for f in tmp.iterdir():
                 f.replace(output_dir / f.name)
             tmp.rmdir()
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise UsageError(f"could not write the model to {output_dir} ({e.strerror or e}); the previous export and "
+        raise UsageError(f"could not write the model to {output_dir} ({write_failure(e)}); the previous export and "
                          "checkpoints are intact: free some space, then --resume auto") from None
     accelerator.wait_for_everyone()
 

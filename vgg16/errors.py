@@ -1,5 +1,10 @@
 """The one exception type for mistakes a user can fix; the entry point prints it as one line."""
 
+from __future__ import annotations
+
+import os
+import re
+
 
 class UsageError(Exception):
     """Bad input: a flag, a path, a dataset or a checkpoint that cannot be used as given.
@@ -17,3 +22,30 @@ def one_line(error: BaseException) -> str:
         for prefix in ("vgg16.errors.UsageError: ", "UsageError: "):
             text = text.removeprefix(prefix)
     return text
+
+
+def write_failure(error: BaseException) -> str:
+    """Why a write failed, for an OSError and for safetensors' own error, which wraps the OS error in text
+    ("Error while serializing: I/O error: No space left on device (os error 28)") and is no OSError."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return re.sub(r"^Error while serializing: (I/O error: )?", "", text)
+
+
+def process_label() -> str:
+    """'rank 1 of 2: ' in a multi-process run (the launcher's RANK and WORLD_SIZE), '' in a single process: an
+    error line from one of 16 processes must say which one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"rank {os.environ.get('RANK', '0')} of {world}: " if world > 1 else ""
+
+
+# What a collective raises when a peer process is gone (gloo's TCP pair, NCCL/HCCL's communicator abort).
+_PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused",
+              "NCCL communicator was aborted", "remote process exited or there was a network error")
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """True when `error` is a collective failing because another process of the job ended (its own line says
+    why); false in a single process, where there is no peer to lose."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(s in str(error) for s in _PEER_LOSS)

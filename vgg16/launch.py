@@ -12,6 +12,7 @@ from accelerate.utils import (DataLoaderConfiguration, GradScalerKwargs, InitPro
                                gather_object)
 
 from .config import TrainConfig
+from .elastic import init_restarted_group
 from .errors import UsageError
 
 # --device names of the old scripts -> torch device types.
@@ -52,6 +53,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # skips the step (and halves the scale) instead of applying inf gradients.
         handlers.append(GradScalerKwargs(init_scale=cfg.loss_scale, growth_interval=2**31 - 1))
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() and t.strip() != "none"]
+    # A restart by the launcher forms its process group itself, away from the first attempt's keys (elastic.py).
+    init_restarted_group(timedelta(minutes=cfg.dist_timeout) if cfg.dist_timeout is not None else None)
     try:
         accelerator = Accelerator(
             # Only what was asked: log_with=None never picks up an installed tracker by itself.

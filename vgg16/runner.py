@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -25,7 +26,7 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, RepeatedAugmen
                    eval_transform, train_transform)
 from .ema import ModelEMA, ema_decay
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, StepOptions, evaluate, train_one_epoch
-from .errors import UsageError, one_line
+from .errors import UsageError, lost_a_peer, one_line, process_label
 from .decoding import decoding_for
 from .card import model_card
 from .hub import BackgroundPusher, PushFailed, push_to_hub
@@ -108,7 +109,20 @@ def _load_weights(cfg: TrainConfig, model: nn.Module, num_classes: int, log) -> 
 
 
 def _resolve_resume(cfg: TrainConfig, log) -> TrainConfig:
-    """--resume auto -> the newest complete checkpoint in --output-dir, or a fresh start when there is none."""
+    """--resume auto -> the newest complete checkpoint in --output-dir, or a fresh start when there is none.
+
+    A group the launcher restarted (`accelerate launch --max_restarts N`; torchelastic counts restarts in
+    TORCHELASTIC_RESTART_COUNT) resumes as with --resume auto whatever --resume says: starting over, or from the
+    checkpoint the first attempt began at, would throw away the steps done since."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart and not cfg.evaluate:
+        latest = ckpt.latest_checkpoint(Path(cfg.output_dir))
+        log(f"restart {restart} of this job's processes (accelerate launch --max_restarts): "
+            + (f"resuming from the newest checkpoint, {latest}" if latest else
+               "no checkpoint was written before the failure, starting " +
+               (f"from --resume {cfg.resume}" if cfg.resume not in (None, "auto") else "fresh")))
+        if latest is not None or cfg.resume == "auto":
+            return dataclasses.replace(cfg, resume=str(latest) if latest else None)
     if cfg.resume != "auto":
         return cfg
     latest = ckpt.latest_checkpoint(Path(cfg.output_dir))
@@ -365,8 +379,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, NonFiniteLoss, PushFailed) as e:
         if debug:
             raise
-        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        print(f"error: {process_label()}{one_line(e)}", file=sys.stderr, flush=True)
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - only a lost peer is answered here; anything else keeps its traceback
+        if debug or not lost_a_peer(e):
+            raise
+        print(f"error: {process_label()}another process of this job ended, so this one stops too "
+              f"({str(e).splitlines()[0][-160:]}); that process's own error line says why", file=sys.stderr, flush=True)
+        return 1
     return 0

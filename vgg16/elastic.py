@@ -1,0 +1,39 @@
+"""Restarts by the launcher (`accelerate launch --max_restarts N`): a fresh process group for each attempt.
+
+Why our own: `accelerate launch` uses torchelastic's static rendezvous, whose agent keeps one TCPStore for the
+whole job and hands it to every attempt (TORCHELASTIC_USE_AGENT_STORE). The keys the first attempt's process group
+wrote there (each rank's gloo address, the init barrier's counter) are still there when the workers restart, under
+the same names, so a restarted rank can read a dead peer's address ("Gloo connectFullMesh failed ... Connection
+refused") or pass the init barrier early and wait for ever. This is the static-rendezvous form of
+pytorch/pytorch#135712 (fixed there for the c10d rendezvous only). A restarted worker therefore forms the group
+itself, on the same store under a prefix named by the attempt, before Accelerate would; Accelerate then uses it.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Optional
+
+import torch.distributed as dist
+
+
+def restart_count() -> int:
+    """How many times the launcher has restarted this job's processes (0 on the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def init_restarted_group(timeout: Optional[timedelta] = None) -> bool:
+    """On a restarted attempt that shares the agent's store, form the default process group under a prefix of
+    this attempt's own; True when it did. The first attempt is left to Accelerate, as before."""
+    attempt = restart_count()
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return False
+    timeout = timeout or timedelta(minutes=30)  # torch's default for gloo and the store
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout)
+    # backend=None: torch's default per device type (gloo for CPU tensors, nccl for CUDA, hccl for NPU once
+    # torch_npu has registered it), which covers what Accelerate would have picked.
+    dist.init_process_group(backend=None, store=dist.PrefixStore(f"vgg16/attempt_{attempt}", store),
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
+    return True
