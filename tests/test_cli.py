@@ -164,3 +164,30 @@ def test_dist_timeout_reaches_the_process_group_settings(tmp_path):
     assert make_accelerator(cfg).init_handler.timeout == timedelta(minutes=90)
     with pytest.raises(UsageError, match="--dist-timeout"):
         parse_args(["--dist-timeout", "0"])
+
+
+def test_a_launch_for_accelerators_on_a_machine_without_them_is_one_line(tmp_path, capsys, monkeypatch):
+    """What `accelerate launch --config_file accelerate_configs/gpu_8p.yaml` starts here (a CPU machine): each
+    process sees WORLD_SIZE 8 and no ACCELERATE_USE_CPU. Stopped before any process group forms, on rank 0 only."""
+    for rank, printed in ((0, True), (3, False)):
+        monkeypatch.setenv("WORLD_SIZE", "8")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setenv("ACCELERATE_USE_CPU", "False")
+        assert main(["--output-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert (f"error: rank {rank} of 8: 8 processes were launched on this machine for GPUs or NPUs, but it has "
+                "none visible" in err) is printed and len(err.splitlines()) == int(printed)
+
+
+def test_more_processes_than_devices_names_both_counts():
+    from vgg16.launch import check_devices
+
+    with pytest.raises(UsageError, match="8 processes were launched on this machine, but it has 4 GPU"):
+        check_devices(8, use_cpu=False, devices={"GPU": 4})
+    with pytest.raises(UsageError, match="it has 2 NPU"):
+        check_devices(4, use_cpu=False, devices={"NPU": 2})
+    check_devices(8, use_cpu=False, devices={"GPU": 8})
+    check_devices(8, use_cpu=True, devices={})  # CPU processes need no device
+    check_devices(1, use_cpu=False, devices={})  # one process runs on the CPU when there is nothing else

@@ -116,53 +116,30 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_machines_on_localhost_form_one_job(data, two_process_run, tmp_path):
-    out2, _ = two_process_run
-    port = str(_free_port())
-    env = {**os.environ, **CPU, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    accelerate = str(ROOT / ".venv" / "bin" / "accelerate") if (ROOT / ".venv").exists() else "accelerate"
-    procs = [subprocess.Popen(
-        [accelerate, "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-         "--main_process_ip", "127.0.0.1", "--main_process_port", port, str(ROOT / "train_vgg16.py"),
-         "--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT) for rank in (0, 1)]
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-    assert _results(tmp_path)["num_processes"] == 2
-    _weights_close(tmp_path, out2, exact=True)  # the same job as the single-machine 2-process run
+_LAUNCHED: list = []
 
 
-def test_a_launch_that_falls_back_to_separate_processes_fails(data, tmp_path):
-    """`use_cpu: true` with MULTI_GPU starts 2 processes that each run alone; the run must refuse."""
-    config = tmp_path / "bad.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
-                      "num_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n")
-    done = run_cli("--data", str(data), *PLAIN, "-b", "4", "--epochs", "1", "--output-dir", str(tmp_path / "o"),
-                   launcher=("accelerate", "launch", "--config_file", str(config)))
-    assert done.returncode != 0
-    assert "train separate models" in done.stderr
-
-
-def test_repeated_augmentation_keeps_two_processes_equal_to_one(data, tmp_path):
-    """Each global batch holds the same copies (same images, same augmentation seeds) in both runs: torchvision's
-    per-rank streams interleave into the single-process order (tests/test_recipes.py checks the streams)."""
-    args = ["--data", str(data), *PLAIN, "--ra-sampler", "--ra-reps", "2", "--epochs", "1", "--stop-step-num", "3"]
-    two, one = tmp_path / "two", tmp_path / "one"
-    _ok(run_cli(*args, "-b", "4", "--output-dir", str(two), launcher=launcher(2), env={**CPU, **ONE_THREAD}))
-    _ok(run_cli(*args, "-b", "8", "--output-dir", str(one), env=ONE_THREAD))
-    assert _results(two)["steps"] == _results(one)["steps"] == 3
-    assert _results(two)["val_images"] == _results(one)["val_images"] == 12  # validation still counts each once
-    _weights_close(two, one)
+@pytest.fixture(autouse=True)
+def _no_launch_outlives_its_test():
+    """A failed assertion must not leave launchers training in the background (their workers end with them)."""
+    yield
+    while _LAUNCHED:
+        proc = _LAUNCHED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _popen(launch: list, *args: str, env=None, preexec_fn=None) -> subprocess.Popen:
-    """train_vgg16.py under `accelerate launch ...` in its own session (so the whole machine can be killed)."""
+    """train_vgg16.py under `accelerate launch ...` in its own session, as a machine of its own."""
     bin_dir = os.path.dirname(sys.executable)
     cmd = [os.path.join(bin_dir, "accelerate"), "launch", *launch, str(ROOT / "train_vgg16.py"), *args]
     full_env = {**os.environ, **CPU, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2",
                 **(env or {})}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT,
                             start_new_session=True, preexec_fn=preexec_fn)
+    _LAUNCHED.append(proc)
+    return proc
 
 
 def _wait_for(path, proc, seconds=300):
@@ -180,6 +157,61 @@ def _worker_pid(launcher_pid: int, rank: int) -> int:
         if f"RANK={rank}".encode() in environ:
             return pid
     raise AssertionError(f"no worker of rank {rank} among {children}")
+
+
+def _two_machines(data, out, port, *extra):
+    """Machine ranks 0 and 1 of one job on this host (`--num_machines 2 --main_process_ip 127.0.0.1`)."""
+    return [_popen(["--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+                    "--main_process_ip", "127.0.0.1", "--main_process_port", port],
+                   "--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(out), *extra,
+                   env=ONE_THREAD) for rank in (0, 1)]
+
+
+def test_two_machines_form_one_job_survive_losing_one_and_resume_to_the_same_weights(data, two_process_run, tmp_path):
+    """Two machines on localhost: killing machine 1's launcher (SIGKILL, as a lost node) ends machine 0 within
+    seconds with one line; both started again with --resume auto end equal to the single-machine 2-process run."""
+    out2, _ = two_process_run
+    procs = _two_machines(data, tmp_path, str(_free_port()), "--checkpoint-every", "1")
+    _wait_for(tmp_path / "checkpoints" / "step_000000002", procs[0])
+    os.kill(procs[1].pid, signal.SIGKILL)
+    killed_at = time.time()
+    log0 = procs[0].communicate(timeout=120)[0]
+    assert procs[0].returncode != 0 and time.time() - killed_at < 60, log0[-3000:]
+    assert "error: rank 0 of 2: another process of this job ended" in log0, log0[-3000:]
+    procs[1].communicate(timeout=60)
+    assert not (tmp_path / "results.json").exists()
+
+    procs = _two_machines(data, tmp_path, str(_free_port()), "--resume", "auto")
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert "resumed from" in logs[0] and _results(tmp_path)["num_processes"] == 2
+    _weights_close(tmp_path, out2, exact=True)  # the same job as the uninterrupted single-machine 2-process run
+
+
+def test_a_launch_that_falls_back_to_separate_processes_fails(data, tmp_path):
+    """`use_cpu: true` with MULTI_GPU starts 2 processes that would each run alone (Accelerate does not pass
+    use_cpu on to them); the run must refuse, once, before any process group forms. On a machine with GPUs the
+    later check ("the processes would train separate models") catches the same launch."""
+    config = tmp_path / "bad.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
+                      "num_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n")
+    done = run_cli("--data", str(data), *PLAIN, "-b", "4", "--epochs", "1", "--output-dir", str(tmp_path / "o"),
+                   launcher=("accelerate", "launch", "--config_file", str(config)))
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and "but it has none visible" in ours[0] and "ACCELERATE_USE_CPU=1" in ours[0], done.stderr
+
+
+def test_repeated_augmentation_keeps_two_processes_equal_to_one(data, tmp_path):
+    """Each global batch holds the same copies (same images, same augmentation seeds) in both runs: torchvision's
+    per-rank streams interleave into the single-process order (tests/test_recipes.py checks the streams)."""
+    args = ["--data", str(data), *PLAIN, "--ra-sampler", "--ra-reps", "2", "--epochs", "1", "--stop-step-num", "3"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    _ok(run_cli(*args, "-b", "4", "--output-dir", str(two), launcher=launcher(2), env={**CPU, **ONE_THREAD}))
+    _ok(run_cli(*args, "-b", "8", "--output-dir", str(one), env=ONE_THREAD))
+    assert _results(two)["steps"] == _results(one)["steps"] == 3
+    assert _results(two)["val_images"] == _results(one)["val_images"] == 12  # validation still counts each once
+    _weights_close(two, one)
 
 
 def test_a_killed_worker_restarts_the_group_which_resumes_to_the_same_weights(data, two_process_run, tmp_path):

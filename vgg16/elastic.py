@@ -11,7 +11,10 @@ itself, on the same store under a prefix named by the attempt, before Accelerate
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from datetime import timedelta
 from typing import Optional
 
@@ -36,4 +39,25 @@ def init_restarted_group(timeout: Optional[timedelta] = None) -> bool:
     # torch_npu has registered it), which covers what Accelerate would have picked.
     dist.init_process_group(backend=None, store=dist.PrefixStore(f"vgg16/attempt_{attempt}", store),
                             rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
+    return True
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def follow_the_launcher() -> bool:
+    """Ask Linux to end this process when its launcher dies (prctl PR_SET_PDEATHSIG); True when set.
+
+    torchelastic starts each worker in a session of its own, so a launcher killed with SIGKILL (the OOM killer, a
+    scheduler's hard kill, a lost SSH session) leaves its workers running with nobody to watch or restart them:
+    they hold the devices, and their peers on other machines cannot tell that this machine is gone. With this,
+    killing a machine's launcher ends its workers too, and the peers' next collective fails at once."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID") or not sys.platform.startswith("linux"):
+        return False
+    launcher = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != launcher:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
     return True

@@ -45,7 +45,9 @@ _PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "Broken p
               "NCCL communicator was aborted", "remote process exited or there was a network error")
 
 
-def lost_a_peer(error: BaseException) -> bool:
-    """True when `error` is a collective failing because another process of the job ended (its own line says
-    why); false in a single process, where there is no peer to lose."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(s in str(error) for s in _PEER_LOSS)
+def lost_a_peer(error: BaseException) -> str:
+    """What the collective said when `error` is one failing because another process of the job ended (that
+    process's own line says why); '' otherwise, and always in a single process, which has no peer to lose."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return ""
+    return next((s for s in _PEER_LOSS if s in str(error)), "")

@@ -9,10 +9,10 @@ from datetime import timedelta
 import torch
 from accelerate import Accelerator
 from accelerate.utils import (DataLoaderConfiguration, GradScalerKwargs, InitProcessGroupKwargs, ProjectConfiguration,
-                               gather_object)
+                               gather_object, parse_flag_from_env)
 
 from .config import TrainConfig
-from .elastic import init_restarted_group
+from .elastic import follow_the_launcher, init_restarted_group
 from .errors import UsageError
 
 # --device names of the old scripts -> torch device types.
@@ -44,7 +44,38 @@ def dataloader_configuration() -> DataLoaderConfiguration:
     return DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True)
 
 
+def visible_accelerators() -> dict:
+    """{'GPU': n} or {'NPU': n} for the devices this process can see (CUDA_VISIBLE_DEVICES and
+    ASCEND_RT_VISIBLE_DEVICES applied); empty on a machine with neither. torch.npu exists once torch_npu is loaded."""
+    counts = {}
+    if torch.cuda.is_available():
+        counts["GPU"] = torch.cuda.device_count()
+    npu = getattr(torch, "npu", None)
+    if npu is not None and npu.is_available():
+        counts["NPU"] = npu.device_count()
+    return counts
+
+
+def check_devices(local_processes: int, use_cpu: bool, devices: dict) -> None:
+    """Stop before the process group forms when a launch for accelerators cannot run here: no GPU or NPU at all
+    (a gpu_8p/npu_8p config on the wrong machine), or more processes on this machine than devices. Accelerate
+    itself falls back to N separate CPU runs in the first case and fails in set_device in the second."""
+    if use_cpu or local_processes < 2:
+        return
+    if not devices:
+        raise UsageError(f"{local_processes} processes were launched on this machine for GPUs or NPUs, but it has "
+                         "none visible (nvidia-smi or npu-smi info; CUDA_VISIBLE_DEVICES, ASCEND_RT_VISIBLE_DEVICES). "
+                         "To train on CPU: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ..., "
+                         "or accelerate_configs/cpu.yaml")
+    kind, count = next(iter(devices.items()))
+    if local_processes > count:
+        raise UsageError(f"{local_processes} processes were launched on this machine, but it has {count} {kind}(s) "
+                         f"visible: launch at most {count} per machine (num_processes, with gpu_ids in the config)")
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), parse_flag_from_env("ACCELERATE_USE_CPU"),
+                  visible_accelerators())
     handlers = []
     if cfg.dist_timeout is not None:
         handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.dist_timeout)))
@@ -53,6 +84,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # skips the step (and halves the scale) instead of applying inf gradients.
         handlers.append(GradScalerKwargs(init_scale=cfg.loss_scale, growth_interval=2**31 - 1))
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() and t.strip() != "none"]
+    follow_the_launcher()  # a worker ends with its launcher (elastic.py)
     # A restart by the launcher forms its process group itself, away from the first attempt's keys (elastic.py).
     init_restarted_group(timedelta(minutes=cfg.dist_timeout) if cfg.dist_timeout is not None else None)
     try:

@@ -379,14 +379,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, NonFiniteLoss, PushFailed) as e:
         if debug:
             raise
-        print(f"error: {process_label()}{one_line(e)}", file=sys.stderr, flush=True)
+        # Before the process group forms, a UsageError is the launch's or the command line's, the same in every
+        # process: the first process of each machine says it, instead of N copies.
+        if not (isinstance(e, UsageError) and not torch.distributed.is_initialized()
+                and os.environ.get("LOCAL_RANK", "0") != "0"):
+            print(f"error: {process_label()}{one_line(e)}", file=sys.stderr, flush=True)
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - only a lost peer is answered here; anything else keeps its traceback
-        if debug or not lost_a_peer(e):
+        cause = lost_a_peer(e)
+        if debug or not cause:
             raise
-        print(f"error: {process_label()}another process of this job ended, so this one stops too "
-              f"({str(e).splitlines()[0][-160:]}); that process's own error line says why", file=sys.stderr, flush=True)
+        print(f"error: {process_label()}another process of this job ended, so this one stops too ({cause}); "
+              "that process's own error line says why (a process killed by a signal, or a lost machine, has none)",
+              file=sys.stderr, flush=True)
         return 1
     return 0
