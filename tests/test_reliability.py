@@ -71,6 +71,30 @@ def test_resume_auto_without_checkpoints_starts_fresh(tmp_path, capsys):
     assert "no checkpoint in" in capsys.readouterr().out and _results(tmp_path)["steps"] == 2
 
 
+def test_a_restarted_group_takes_the_newest_checkpoint_over_the_one_it_was_given(tmp_path, monkeypatch):
+    """What a worker restarted by `accelerate launch --max_restarts` resumes from (torchelastic sets
+    TORCHELASTIC_RESTART_COUNT); the whole restart runs for real in tests/test_distributed.py."""
+    from vgg16.checkpoint import TRAINER_STATE, resolve_resume
+
+    lines = []
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    given = str(tmp_path / "elsewhere" / "epoch_0001")
+    assert resolve_resume(given, tmp_path, False, lines.append) == given  # nothing newer written yet
+    assert resolve_resume(None, tmp_path, False, lines.append) is None
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        f"no checkpoint was written before the failure, starting from --resume {given}",
+        "no checkpoint was written before the failure, starting fresh"]
+    for step, name in ((6, "step_000000006"), (9, "step_000000009")):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        (tmp_path / "checkpoints" / name / TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoints" / ".tmp_step_000000012").mkdir()  # a save the failure cut short
+    newest = str(tmp_path / "checkpoints" / "step_000000009")
+    assert resolve_resume(given, tmp_path, False, lines.append) == newest
+    assert lines[-1].endswith(f"resuming from the newest checkpoint, {newest}")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert resolve_resume(given, tmp_path, False, lines.append) == given  # a first attempt does as told
+
+
 @pytest.fixture
 def folder_with_bad_images(tmp_path):
     root = make_image_folder(tmp_path / "bad", n_train=4, n_val=4)

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .elastic import restart_count
 from .errors import UsageError, write_failure
 from .model import check_state_dict, with_timm_fields
 
@@ -121,6 +122,32 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: 
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def resolve_resume(resume: Optional[str], output_dir: Path, evaluate: bool, log) -> Optional[str]:
+    """The checkpoint to resume from: --resume auto -> the newest complete one in output_dir, or None (a fresh
+    start, said) when there is none; a path as given.
+
+    A group the launcher restarted (`accelerate launch --max_restarts N`) resumes as with --resume auto whatever
+    --resume says: starting over, or from the checkpoint the first attempt began at, would throw away the steps
+    done since."""
+    restart = restart_count()
+    if restart and not evaluate:
+        latest = latest_checkpoint(output_dir)
+        log(f"restart {restart} of this job's processes (accelerate launch --max_restarts): "
+            + (f"resuming from the newest checkpoint, {latest}" if latest else
+               "no checkpoint was written before the failure, starting " +
+               (f"from --resume {resume}" if resume not in (None, "auto") else "fresh")))
+        if latest is not None or resume == "auto":
+            return str(latest) if latest else None
+    if resume != "auto":
+        return resume
+    latest = latest_checkpoint(output_dir)
+    if latest is None:
+        if evaluate:
+            raise UsageError(f"--resume auto: no checkpoint in {output_dir / 'checkpoints'} to evaluate")
+        log(f"--resume auto: no checkpoint in {output_dir / 'checkpoints'}, starting fresh")
+    return str(latest) if latest else None
 
 
 def read_trainer_state(checkpoint: Path) -> dict:

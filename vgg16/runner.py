@@ -108,31 +108,6 @@ def _load_weights(cfg: TrainConfig, model: nn.Module, num_classes: int, log) -> 
     model.load_state_dict(state)
 
 
-def _resolve_resume(cfg: TrainConfig, log) -> TrainConfig:
-    """--resume auto -> the newest complete checkpoint in --output-dir, or a fresh start when there is none.
-
-    A group the launcher restarted (`accelerate launch --max_restarts N`; torchelastic counts restarts in
-    TORCHELASTIC_RESTART_COUNT) resumes as with --resume auto whatever --resume says: starting over, or from the
-    checkpoint the first attempt began at, would throw away the steps done since."""
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if restart and not cfg.evaluate:
-        latest = ckpt.latest_checkpoint(Path(cfg.output_dir))
-        log(f"restart {restart} of this job's processes (accelerate launch --max_restarts): "
-            + (f"resuming from the newest checkpoint, {latest}" if latest else
-               "no checkpoint was written before the failure, starting " +
-               (f"from --resume {cfg.resume}" if cfg.resume not in (None, "auto") else "fresh")))
-        if latest is not None or cfg.resume == "auto":
-            return dataclasses.replace(cfg, resume=str(latest) if latest else None)
-    if cfg.resume != "auto":
-        return cfg
-    latest = ckpt.latest_checkpoint(Path(cfg.output_dir))
-    if latest is None:
-        if cfg.evaluate:
-            raise UsageError(f"--resume auto: no checkpoint in {Path(cfg.output_dir) / 'checkpoints'} to evaluate")
-        log(f"--resume auto: no checkpoint in {Path(cfg.output_dir) / 'checkpoints'}, starting fresh")
-    return dataclasses.replace(cfg, resume=str(latest) if latest else None)
-
-
 def run(cfg: TrainConfig) -> dict:
     cfg = cfg.with_recipe_defaults()
     output_dir = Path(cfg.output_dir)
@@ -140,7 +115,7 @@ def run(cfg: TrainConfig) -> dict:
     log = lambda message: accelerator.print(message, flush=True)  # noqa: E731 - main process only
     if accelerator.is_main_process:
         _check_output_dir(output_dir)
-    cfg = _resolve_resume(cfg, log)
+    cfg = dataclasses.replace(cfg, resume=ckpt.resolve_resume(cfg.resume, output_dir, cfg.evaluate, log))
     accelerator.init_trackers("vgg16", config={k: v for k, v in cfg.to_dict().items()
                                                if isinstance(v, (int, float, str, bool))})
     set_seed(cfg.seed)  # before the model is built: the seed decides the initial weights
