@@ -51,7 +51,9 @@ def follow_the_launcher() -> bool:
     torchelastic starts each worker in a session of its own, so a launcher killed with SIGKILL (the OOM killer, a
     scheduler's hard kill, a lost SSH session) leaves its workers running with nobody to watch or restart them:
     they hold the devices, and their peers on other machines cannot tell that this machine is gone. With this,
-    killing a machine's launcher ends its workers too, and the peers' next collective fails at once."""
+    killing a machine's launcher ends its workers too, and the peers' next collective fails at once.
+    (Linux sends the signal when the *thread* that started the process ends; torchelastic starts workers from its
+    main thread, which lives as long as the launcher.)"""
     if not os.environ.get("TORCHELASTIC_RUN_ID") or not sys.platform.startswith("linux"):
         return False
     launcher = os.getppid()
