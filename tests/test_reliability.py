@@ -13,6 +13,7 @@ from conftest import ROOT, make_image_folder, run_cli
 from safetensors.torch import load_file
 
 from vgg16 import check_data
+from vgg16.errors import UsageError
 from vgg16.runner import main
 
 TINY = ["-a", "vgg11", "--image-size", "32", "--lr", "0.02", "-p", "1"]
@@ -190,6 +191,32 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint(data, tmp_path,
     monkeypatch.setattr(Accelerator, "save_state", real_save_state)
     assert main([*args, "--resume", "auto"]) == 0  # and the run goes on from it
     assert _results(tmp_path)["epochs"] == 3
+
+
+def test_a_refused_write_of_the_export_is_one_line_and_keeps_the_previous_one(tmp_path):
+    """A real write failure, not a stand-in: the kernel's file-size limit (RLIMIT_FSIZE) makes safetensors fail as
+    a full disk does, with its own error type (SafetensorError, which is no OSError). CPython ignores SIGXFSZ, so
+    the write returns EFBIG instead of killing the test."""
+    import resource
+
+    from accelerate import Accelerator
+
+    from vgg16.checkpoint import export_model
+    from vgg16.model import build_model
+
+    accelerator, config = Accelerator(cpu=True), {"arch": "vgg11", "num_classes": 3, "image_size": 32}
+    export_model(accelerator, build_model("vgg11", 3, head="small"), tmp_path, config)
+    before = load_file(str(tmp_path / "model.safetensors"))
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limits[1]))
+    try:
+        with pytest.raises(UsageError, match=r"could not write the model to .* \(File too large \(os error 27\)\); "
+                                             "the previous export and checkpoints are intact"):
+            export_model(accelerator, build_model("vgg11", 3, head="small"), tmp_path, config)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    after = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before) and not (tmp_path / ".tmp_export").exists()
 
 
 def test_a_diverging_run_stops_at_the_step_and_saves_nothing_after_it(data, tmp_path, capsys):
