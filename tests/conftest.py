@@ -67,12 +67,18 @@ def cifar_batches(tmp_path: Path) -> Path:
     return folder.parent
 
 
-def run_cli(*args: str, launcher: tuple = ("accelerate", "launch", "--num_processes", "1"), env=None,
-            timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run train_vgg16.py as a user would, through `accelerate launch` unless launcher=() (plain python)."""
+def cli_command(*args: str, launcher: tuple = ("accelerate", "launch", "--num_processes", "1"), env=None):
+    """(command, environment) for train_vgg16.py as a user runs it: through `accelerate launch` from this
+    environment's bin folder, or plain python when launcher=()."""
     bin_dir = Path(sys.executable).parent
     cmd = [*([str(bin_dir / launcher[0]), *launcher[1:]] if launcher else [sys.executable]), str(ROOT / "train_vgg16.py"), *args]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
+    return cmd, {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
+
+
+def run_cli(*args: str, launcher: tuple = ("accelerate", "launch", "--num_processes", "1"), env=None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run train_vgg16.py to the end (cli_command) and capture its output."""
+    cmd, full_env = cli_command(*args, launcher=launcher, env=env)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
 
 

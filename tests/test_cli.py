@@ -185,9 +185,9 @@ def test_more_processes_than_devices_names_both_counts():
     from vgg16.launch import check_devices
 
     with pytest.raises(UsageError, match="8 processes were launched on this machine, but it has 4 GPU"):
-        check_devices(8, use_cpu=False, devices={"GPU": 4})
+        check_devices(8, use_cpu=False, devices={"cuda": 4})
     with pytest.raises(UsageError, match="it has 2 NPU"):
-        check_devices(4, use_cpu=False, devices={"NPU": 2})
-    check_devices(8, use_cpu=False, devices={"GPU": 8})
+        check_devices(4, use_cpu=False, devices={"npu": 2})
+    check_devices(8, use_cpu=False, devices={"cuda": 8})
     check_devices(8, use_cpu=True, devices={})  # CPU processes need no device
     check_devices(1, use_cpu=False, devices={})  # one process runs on the CPU when there is nothing else

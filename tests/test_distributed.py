@@ -9,13 +9,12 @@ import resource
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, make_image_folder, run_cli
+from conftest import ROOT, cli_command, make_image_folder, run_cli
 from safetensors.torch import load_file
 
 from vgg16.runner import main
@@ -135,10 +134,7 @@ def _no_launch_outlives_its_test():
 
 def _popen(launch: list, *args: str, env=None, preexec_fn=None) -> subprocess.Popen:
     """train_vgg16.py under `accelerate launch ...` in its own session, as a machine of its own."""
-    bin_dir = os.path.dirname(sys.executable)
-    cmd = [os.path.join(bin_dir, "accelerate"), "launch", *launch, str(ROOT / "train_vgg16.py"), *args]
-    full_env = {**os.environ, **CPU, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2",
-                **(env or {})}
+    cmd, full_env = cli_command(*args, launcher=("accelerate", "launch", *launch), env={**CPU, **(env or {})})
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT,
                             start_new_session=True, preexec_fn=preexec_fn)
     _LAUNCHED.append(proc)

@@ -151,6 +151,12 @@ def test_hub_ids_download_through_huggingface_hub(run_dir, monkeypatch):
         vgg16.from_pretrained("someone/not-cached")  # offline: one clear error
 
 
+def _commit() -> "huggingface_hub.CommitInfo":
+    """What HfApi.upload_folder returns for a commit."""
+    return huggingface_hub.CommitInfo(commit_url="https://huggingface.co/me/vgg/commit/1", commit_message="",
+                                      commit_description="", oid="1")
+
+
 class RecordingHub:
     def __init__(self, fail=False):
         self.calls, self.fail = [], fail
@@ -162,8 +168,7 @@ class RecordingHub:
         if self.fail:
             raise ConnectionError("network is unreachable")
         self.calls.append(("upload_folder", kwargs))
-        return huggingface_hub.CommitInfo(commit_url="https://huggingface.co/me/vgg/commit/1", commit_message="",
-                                          commit_description="", oid="1")
+        return _commit()
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -205,8 +210,7 @@ class StagingRecordingHub(RecordingHub):
         config = json.loads((folder / "results.json").read_text())
         self.calls.append(("upload_folder", kwargs["commit_message"], config["epochs"],
                            sorted(p.name for p in folder.iterdir())))
-        return huggingface_hub.CommitInfo(commit_url="https://huggingface.co/me/vgg/commit/1", commit_message="",
-                                          commit_description="", oid="1")
+        return _commit()
 
 
 @pytest.mark.parametrize("fail", [False, True])

@@ -45,15 +45,12 @@ def dataloader_configuration() -> DataLoaderConfiguration:
 
 
 def visible_accelerators() -> dict:
-    """{'GPU': n} or {'NPU': n} for the devices this process can see (CUDA_VISIBLE_DEVICES and
-    ASCEND_RT_VISIBLE_DEVICES applied); empty on a machine with neither. torch.npu exists once torch_npu is loaded."""
-    counts = {}
-    if torch.cuda.is_available():
-        counts["GPU"] = torch.cuda.device_count()
-    npu = getattr(torch, "npu", None)
-    if npu is not None and npu.is_available():
-        counts["NPU"] = npu.device_count()
-    return counts
+    """{'cuda': n} or {'npu': n} for the devices this process can see (CUDA_VISIBLE_DEVICES and
+    ASCEND_RT_VISIBLE_DEVICES applied), from torch.accelerator, which knows torch_npu's devices once it is loaded
+    (backend.py); empty on a machine with neither."""
+    if not torch.accelerator.is_available():
+        return {}
+    return {torch.accelerator.current_accelerator().type: torch.accelerator.device_count()}
 
 
 def check_devices(local_processes: int, use_cpu: bool, devices: dict) -> None:
@@ -69,6 +66,7 @@ def check_devices(local_processes: int, use_cpu: bool, devices: dict) -> None:
                          "or accelerate_configs/cpu.yaml")
     kind, count = next(iter(devices.items()))
     if local_processes > count:
+        kind = {"cuda": "GPU"}.get(kind, kind.upper())
         raise UsageError(f"{local_processes} processes were launched on this machine, but it has {count} {kind}(s) "
                          f"visible: launch at most {count} per machine (num_processes, with gpu_ids in the config)")
 
