@@ -67,6 +67,37 @@ def cifar_batches(tmp_path: Path) -> Path:
     return folder.parent
 
 
+def make_parquet_shards(root: Path, train_rows=(13, 20, 7, 31, 16, 9, 24), val_rows=(11, 12), group_rows=5,
+                        classes=("cat", "dog", "eel"), size=(16, 12), seed=0) -> Path:
+    """The hub's parquet layout (data/train-00000-of-00007.parquet, ...), written by `datasets` as the hub's
+    files are: ClassLabel names in the schema metadata, row groups of `group_rows` rows (shard sizes differ).
+    Each image holds its split-wide row number in its first pixel (red = n // 256, green = n % 256) and is PNG,
+    so tests can tell which rows a run read, through any crop and flip."""
+    import io
+
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(classes))})
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for split, shards in (("train", train_rows), ("validation", val_rows)):
+        row = 0
+        for i, n in enumerate(shards):
+            images, labels = [], []
+            for _ in range(n):
+                label = int(rng.integers(len(classes)))
+                img = class_image(label, rng, size)
+                img[0, 0] = (row // 256, row % 256, 0)
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, "PNG")
+                images.append({"bytes": buf.getvalue(), "path": None})
+                labels.append(label)
+                row += 1
+            ds = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+            ds.to_parquet(str(root / "data" / f"{split}-{i:05d}-of-{len(shards):05d}.parquet"), batch_size=group_rows)
+    return root
+
+
 def cli_command(*args: str, launcher: tuple = ("accelerate", "launch", "--num_processes", "1"), env=None):
     """(command, environment) for train_vgg16.py as a user runs it: through `accelerate launch` from this
     environment's bin folder, or plain python when launcher=()."""

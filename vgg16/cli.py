@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ra-reps", type=int, default=3, help="repetitions for --ra-sampler (default 3)")
     d.add_argument("--strict-data", action="store_true",
                    help="stop at the first unreadable image (default: skip it, warn once, count it in results.json)")
+    d.add_argument("--streaming", action="store_true",
+                   help="read parquet shards (hub name or local folder) as a stream, an equal part per process; "
+                        "no download or conversion first")
+    d.add_argument("--shuffle-buffer", type=int, default=8192, metavar="ROWS",
+                   help="--streaming: rows per process held for shuffling, in memory (default 8192)")
     d.add_argument("-j", "--workers", type=int, help="data loading workers per process (default: CPUs / processes, max 8)")
 
     m = p.add_argument_group("model")

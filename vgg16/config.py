@@ -69,6 +69,11 @@ class TrainConfig:
     """Stop at the first unreadable image instead of skipping and counting it."""
     workers: Optional[int] = None
     """DataLoader workers per process; default: the CPUs divided among the local processes, at most 8."""
+    streaming: bool = False
+    """Read parquet shards (a hub dataset or a local folder in the hub layout) as a stream: no download or Arrow
+    copy first; every process reads an equal, distinct span of each epoch (vgg16/streaming.py)."""
+    shuffle_buffer: int = 8192
+    """--streaming: rows held for shuffling per process (its encoded images stay in memory)."""
 
     # --- model ---
     arch: Optional[str] = None
@@ -227,6 +232,11 @@ class TrainConfig:
              "--loss-scale only applies to fp16: add --mixed-precision fp16 (or --amp)")
         need(self.device is None or self.device in DEVICES, f"unknown --device {self.device!r}: use cpu, gpu or npu")
         need(not (self.gpu_decode and self.dataset == "synthetic"), "--gpu-decode has nothing to decode with --dataset synthetic")
+        need(not self.streaming or bool(self.data),
+             "--streaming reads parquet files: give --data with a hub dataset name or a local parquet folder")
+        need(not (self.streaming and self.gpu_decode), "--gpu-decode is not available with --streaming yet: drop one")
+        need(not (self.streaming and self.ra_sampler), "--ra-sampler is not available with --streaming: drop one")
+        need(self.shuffle_buffer >= 0, f"--shuffle-buffer must be >= 0 (got {self.shuffle_buffer})")
         need(self.dist_timeout is None or self.dist_timeout > 0, "--dist-timeout takes minutes above 0")
         need(self.hub_strategy in ("end", "every_save"), f"--hub-strategy {self.hub_strategy}: use end or every_save")
         need(self.hub_strategy == "end" or self.push_to_hub, "--hub-strategy every_save needs --push-to-hub")

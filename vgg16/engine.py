@@ -188,8 +188,9 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, normalize: Norm
         # gather_for_metrics drops the samples Accelerate repeated to give every process a full last batch.
         ranked, labels, losses, bad = accelerator.gather_for_metrics((ranked, labels, losses, bad))
         if accelerator.is_main_process:
-            keep = bad == 0  # an unreadable image's stand-in must not be counted twice
-            bad_images += int((~keep).sum())
+            # An unreadable image's stand-in (bad 1) must not be counted twice; a stream's padding (-1) not at all.
+            keep = bad == 0
+            bad_images += int((bad > 0).sum())
             metric.add_batch(predictions=ranked[keep].cpu().tolist(), references=labels[keep].cpu().tolist())
             loss_sum += float(losses[keep].sum())
             count += int(keep.sum())

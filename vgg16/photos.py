@@ -2,7 +2,7 @@
 photographs scikit-image ships (read as plain files, without importing skimage), one class per photograph, saved
 as JPEG. The device check times decoding on them (ImageNet's JPEGs are about 500x375) and the tests train on them.
 
-    python -m vgg16.photos OUT [--train 64 --val 16 --size 500x375]
+    python -m vgg16.photos OUT [--train 64 --val 16 --size 500x375] [--parquet SHARDS]
 """
 
 from __future__ import annotations
@@ -74,6 +74,27 @@ def make_photo_folder(root: Path, n_train: int = 8, n_val: int = 3, size: tuple 
     return root
 
 
+def folder_to_parquet(folder: Path, output: Path, shards: int, seed: int = 0) -> Path:
+    """The hub's parquet layout (output/data/{train,validation}-NNNNN-of-MMMMM.parquet) of an ImageNet-style folder:
+    rows shuffled (seeded) as hub shards are, the JPEG bytes inside, written by `datasets` (row groups of 100
+    images, ClassLabel names in the schema), for timing --streaming against loading the same files whole."""
+    import datasets
+
+    from .sources import scan_class_folder
+
+    for split, out_name, n_shards in (("train", "train", shards), ("val", "validation", max(1, shards // 8))):
+        paths, labels, classes = scan_class_folder(Path(folder) / split)
+        order = np.random.default_rng(seed).permutation(len(paths))
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+        for k, part in enumerate(np.array_split(order, n_shards)):
+            rows = {"image": [{"bytes": Path(paths[i]).read_bytes(), "path": None} for i in part],
+                    "label": [labels[i] for i in part]}
+            target = Path(output) / "data" / f"{out_name}-{k:05d}-of-{n_shards:05d}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            datasets.Dataset.from_dict(rows, features=features).to_parquet(str(target))
+    return Path(output)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vgg16.photos", description=__doc__.splitlines()[0])
     parser.add_argument("output")
@@ -81,11 +102,16 @@ def main(argv=None) -> int:
     parser.add_argument("--val", type=int, default=16, help="crops per class for val")
     parser.add_argument("--classes", type=int, default=len(PHOTOS), help=f"at most {len(PHOTOS)}")
     parser.add_argument("--size", default="500x375", help="WxH")
+    parser.add_argument("--parquet", type=int, metavar="SHARDS",
+                        help="also write OUTPUT-parquet/ in the hub's layout with this many train shards")
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     make_photo_folder(Path(args.output), args.train, args.val, (w, h), photos=PHOTOS[:args.classes],
                       processes=os.cpu_count() or 1, scale=(0.6, 1.0))
     print(f"{args.output}: {args.classes} classes, {args.train} train and {args.val} val JPEGs each, {w}x{h}")
+    if args.parquet:
+        out = folder_to_parquet(Path(args.output), Path(f"{args.output.rstrip('/')}-parquet"), args.parquet)
+        print(f"{out}: the same images as parquet shards, {args.parquet} for train")
     return 0
 
 

@@ -22,21 +22,19 @@ from torch import nn
 from . import checkpoint as ckpt
 from .cli import parse_args
 from .config import TrainConfig
-from .data import (IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, RepeatedAugmentation, SyntheticImages, build_loaders,
-                   eval_transform, train_transform)
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .ema import ModelEMA, ema_decay
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, StepOptions, evaluate, train_one_epoch
 from .errors import UsageError, lost_a_peer, one_line, process_label
-from .decoding import decoding_for
 from .card import model_card
 from .hub import BackgroundPusher, PushFailed, push_to_hub
-from .launch import synchronize, assert_processes_agree, default_workers, device_name, make_accelerator, use_cpu_cores
+from .inputs import Inputs, build_inputs
+from .launch import synchronize, assert_processes_agree, device_name, make_accelerator, use_cpu_cores
 from .report import plot_curves, write_results_md
 from .metrics import ThroughputMeter
 from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of
 from .mixing import BatchMixer
 from .optim import use_fused, build_optimizer, build_scheduler, lr_factor, position_scheduler
-from .sources import load_source
 
 
 # The linear scaling rule (Goyal et al. 2017): lr grows with the global batch, relative to a batch of 256.
@@ -51,31 +49,6 @@ def _check_output_dir(path: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UsageError(f"--output-dir {path} is not writable ({e.strerror}): choose another folder") from None
-
-
-def _load_data(cfg: TrainConfig, accelerator) -> tuple:
-    """(train_set, val_set, class_names, dataset name, (train crop, val resize, val crop), notes)."""
-    if cfg.dataset == "synthetic":
-        sizes = cfg.resolve_sizes(small_images=False)
-        classes = [str(i) for i in range(cfg.num_classes or 1000)]
-        per_step = cfg.batch_size * accelerator.num_processes
-        train = SyntheticImages(100 * per_step * cfg.grad_accum, image_size=sizes[0], num_classes=len(classes), seed=cfg.seed)
-        val = SyntheticImages(4 * per_step, image_size=sizes[2], num_classes=len(classes), seed=cfg.seed + 1)
-        return train, val, classes, "synthetic", sizes, ()
-    with accelerator.main_process_first():  # datasets' cache is written once, then read by the others
-        source = load_source(cfg.data, cfg.seed)
-    if cfg.num_classes is not None and cfg.num_classes != len(source.class_names):
-        raise UsageError(f"--num-classes {cfg.num_classes}, but {source.name} has {len(source.class_names)} classes: "
-                         "drop --num-classes (it is for --dataset synthetic)")
-    sizes = cfg.resolve_sizes(source.small_images)
-    transform = train_transform(image_size=sizes[0], small=head_for(sizes[0]) == "small", hflip=cfg.hflip,
-                                auto_augment=cfg.auto_augment, ra_magnitude=cfg.ra_magnitude,
-                                augmix_severity=cfg.augmix_severity, random_erase=cfg.random_erase,
-                                interpolation=cfg.interpolation)
-    train = AugmentedDataset(source.train, transform, cfg.seed, strict=cfg.strict_data)
-    val = AugmentedDataset(source.val, eval_transform(resize_size=sizes[1], crop_size=sizes[2],
-                                                      interpolation=cfg.interpolation), cfg.seed, strict=cfg.strict_data)
-    return train, val, source.class_names, source.name, sizes, source.notes
 
 
 def _extras(cfg: TrainConfig) -> list:
@@ -120,7 +93,10 @@ def run(cfg: TrainConfig) -> dict:
                                                if isinstance(v, (int, float, str, bool))})
     set_seed(cfg.seed)  # before the model is built: the seed decides the initial weights
 
-    train_set, val_set, classes, dataset_name, (image_size, val_resize, val_crop), notes = _load_data(cfg, accelerator)
+    stream_state = ckpt.read_trainer_state(cfg.resume).get("streaming") if cfg.streaming and cfg.resume \
+        and not cfg.evaluate else None
+    inputs = build_inputs(cfg, accelerator, stream_state)
+    classes, dataset_name, (image_size, val_resize, val_crop) = inputs.class_names, inputs.name, inputs.sizes
     head = head_for(image_size)
     model_config = {"arch": cfg.arch, "num_classes": len(classes), "image_size": image_size, "head": head,
                     "dropout": cfg.dropout, "class_names": classes, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
@@ -129,27 +105,18 @@ def run(cfg: TrainConfig) -> dict:
     model = build_model(cfg.arch, len(classes), head=head, dropout=cfg.dropout)
     if cfg.pretrained or (cfg.evaluate and cfg.resume):
         _load_weights(cfg, model, len(classes), log)
-    if len(val_set) < accelerator.num_processes:
-        raise UsageError(f"{len(val_set)} validation image(s) for {accelerator.num_processes} processes: every process "
-                         "needs at least one; launch fewer processes or use a larger validation split")
-    workers = default_workers(cfg.workers, accelerator.num_processes)
-    # Where batches are decoded (loader workers, or the GPU with --gpu-decode) and how they reach the device.
-    decoding = decoding_for(cfg.gpu_decode, accelerator.device)
-    train_feed, val_feed = decoding.feed(train_set), decoding.feed(val_set)
-    ra_sampler = RepeatedAugmentation(len(train_set), batch_size=cfg.batch_size, seed=cfg.seed, reps=cfg.ra_reps,
-                                      num_processes=accelerator.num_processes) if cfg.ra_sampler else None
-    train_loader, val_loader = build_loaders(train_feed.dataset, val_feed.dataset, batch_size=cfg.batch_size,
-                                             workers=workers, seed=cfg.seed, pin_memory=accelerator.device.type != "cpu",
-                                             collate_fn=decoding.collate_fn, train_batch_sampler=ra_sampler)
-    on_device = decoding.loader_on_device
+    if inputs.val_images < accelerator.num_processes:
+        raise UsageError(f"{inputs.val_images} validation image(s) for {accelerator.num_processes} processes: every "
+                         "process needs at least one; launch fewer processes or use a larger validation split")
+    train_loader, val_loader, workers = inputs.train_loader, inputs.val_loader, inputs.workers
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
     lr = cfg.lr * global_batch / LR_REFERENCE_BATCH if cfg.lr_scale_by_batch else cfg.lr
 
     threads_note = use_cpu_cores(accelerator)
-    for note in (*cfg.notes, *notes, *([threads_note] if threads_note else [])):
+    for note in (*cfg.notes, *inputs.notes, *([threads_note] if threads_note else [])):
         log(f"note: {note}")
     log(f"{cfg.arch} ({head} head, {count_parameters(model) / 1e6:.1f}M parameters) on {dataset_name}: "
-        f"{len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, {image_size} px")
+        f"{inputs.train_images} train / {inputs.val_images} val images, {len(classes)} classes, {image_size} px")
     log(f"{accelerator.num_processes} process(es) on {accelerator.device.type}, {accelerator.mixed_precision} precision, "
         f"global batch {global_batch} ({cfg.batch_size} x {accelerator.num_processes} x {cfg.grad_accum}), "
         f"{workers} workers per process")
@@ -159,7 +126,7 @@ def run(cfg: TrainConfig) -> dict:
         + f", {cfg.lr_scheduler} schedule, {cfg.epochs} epochs; train crop {image_size}, val {val_resize} -> {val_crop}"
         + "".join(f", {name}" for name, on in _extras(cfg) if on))
     results = {"arch": cfg.arch, "dataset": dataset_name, "image_size": image_size, "head": head,
-               "num_classes": len(classes), "train_images": len(train_set), "global_batch_size": global_batch,
+               "num_classes": len(classes), "train_images": inputs.train_images, "global_batch_size": global_batch,
                "per_process_batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "device": accelerator.device.type, "device_name": device_name(accelerator),
@@ -171,27 +138,26 @@ def run(cfg: TrainConfig) -> dict:
         model = model.to(memory_format=torch.channels_last)
 
     if cfg.evaluate:
-        model, val_loader = accelerator.prepare(model, val_loader, device_placement=[True, on_device])
-        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=val_feed.prepare)
+        model, val_loader = inputs.prepare(accelerator, model, train=False)
+        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=inputs.val_prepare)
         results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], val_images=metrics["count"],
                        val_loss=metrics["loss"], bad_images=metrics["bad_images"], fps=0.0, epochs=0, steps=0,
                        evaluated=cfg.resume or cfg.pretrained)
     else:
         if len(train_loader) < cfg.grad_accum * accelerator.num_processes:
-            raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch "
+            raise UsageError(f"the training set has {inputs.train_images} images, fewer than one global batch "
                              f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
                              "lower --batch-size")
         optimizer = build_optimizer(model, opt=cfg.opt, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     norm_weight_decay=cfg.norm_weight_decay, bias_weight_decay=cfg.bias_weight_decay,
                                     nesterov=cfg.nesterov,
                                     fused=use_fused(accelerator.device.type, accelerator.mixed_precision))
-        model, optimizer, train_loader, val_loader = accelerator.prepare(
-            model, optimizer, train_loader, val_loader, device_placement=[True, True, on_device, on_device])
+        model, optimizer, train_loader, val_loader = inputs.prepare(accelerator, model, optimizer)
         pusher = BackgroundPusher(cfg.hub_model_id, cfg.hub_private, log) \
             if cfg.hub_strategy == "every_save" and accelerator.is_main_process else None
         try:
-            _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, (train_feed, val_feed),
-                 model_config, results, log, ra_sampler, pusher)
+            _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, inputs, model_config,
+                 results, log, pusher)
         finally:
             if pusher is not None:
                 pusher.close()
@@ -199,8 +165,8 @@ def run(cfg: TrainConfig) -> dict:
     return results
 
 
-def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, feeds: tuple,
-         model_config: dict, results: dict, log, ra_sampler=None, pusher: Optional[BackgroundPusher] = None) -> None:
+def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, inputs: Inputs,
+         model_config: dict, results: dict, log, pusher: Optional[BackgroundPusher] = None) -> None:
     """The epoch loop: train, evaluate, checkpoint, export, update results (in place) after every epoch."""
     output_dir = Path(cfg.output_dir)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
@@ -232,7 +198,8 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
 
     def trainer_state(epoch: int, step: int, global_step: int) -> dict:
         return {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "best_acc1": best_acc1,
-                "scheduler": scheduler.state_dict(), "model": model_config}
+                "scheduler": scheduler.state_dict(), "model": model_config,
+                **({"streaming": inputs.streaming} if inputs.streaming else {})}
 
     def save_mid_epoch(epoch: int):
         def after_step(step: int, global_step: int, ensure_finite) -> None:
@@ -248,26 +215,21 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
         remaining = cfg.stop_step_num - global_step if cfg.stop_step_num else steps_per_epoch
         if remaining <= 0:
             break
-        train_loader.dataset.set_epoch(epoch)  # augmentation seeds
-        train_loader.set_epoch(epoch)  # shuffle order
-        if ra_sampler is not None:
-            ra_sampler.set_epoch(epoch)
-        loader, first = train_loader, (step_in_epoch if epoch == start_epoch else 0)
-        if first:  # a mid-epoch resume: the very next batch of the same order, without loading the skipped ones
-            loader = accelerator.skip_first_batches(train_loader, first * cfg.grad_accum)
+        first = step_in_epoch if epoch == start_epoch else 0
+        loader = inputs.epoch_loader(accelerator, train_loader, epoch, first * cfg.grad_accum)
         plan = EpochPlan(epoch, cfg.epochs, min(steps_per_epoch - first, remaining), cfg.print_freq, first, global_step,
                          recipe=cfg.recipe)
         with _profiler(cfg, accelerator, output_dir, first=epoch == start_epoch) as profiler:
             stats = train_one_epoch(model, loader, optimizer, scheduler, criterion, accelerator, normalize, meter, plan,
                                     log, profiler, after_step=save_mid_epoch(epoch), progress=progress,
-                                    prepare_batch=feeds[0].prepare, options=options)
+                                    prepare_batch=inputs.train_prepare, options=options)
         global_step += stats["steps"]
         skipped += stats["skipped_steps"]
-        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=feeds[1].prepare)
+        metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=inputs.val_prepare)
         best_acc1 = max(best_acc1, metrics["acc1"])
         ema_metrics = None
         if options.ema is not None:
-            ema_metrics = evaluate(options.ema.module, val_loader, accelerator, normalize, prepare_batch=feeds[1].prepare)
+            ema_metrics = evaluate(options.ema.module, val_loader, accelerator, normalize, prepare_batch=inputs.val_prepare)
             log(f"validation (EMA): acc1 {ema_metrics['acc1']:.3f}  acc5 {ema_metrics['acc5']:.3f}")
         use_ema = ema_metrics is not None and ema_metrics["acc1"] > metrics["acc1"]
         model_config["weights"] = "ema" if use_ema else "model"

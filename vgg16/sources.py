@@ -173,14 +173,21 @@ def load_cifar10_batches(folder: Path) -> ImageData:
 
 
 # ---------------------------------------------------------------- datasets-library layouts
-def _standardise(ds: datasets.Dataset, where: str) -> datasets.Dataset:
-    """Rename the image and label columns to `image`/`label` (CIFAR-10's parquet uses `img`) and drop the rest."""
-    image_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.Image)), None)
-    image_col = image_col or next((c for c in ("image", "img") if c in ds.column_names), None)
-    label_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
-    label_col = label_col or next((c for c in ("label", "labels", "fine_label") if c in ds.column_names), None)
+def image_and_label_columns(features: datasets.Features, column_names: list, where: str) -> tuple[str, str]:
+    """The image column (a datasets.Image, or one named image/img: CIFAR-10's parquet uses `img`) and the label
+    column (a ClassLabel, or label/labels/fine_label)."""
+    image_col = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    image_col = image_col or next((c for c in ("image", "img") if c in column_names), None)
+    label_col = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+    label_col = label_col or next((c for c in ("label", "labels", "fine_label") if c in column_names), None)
     if image_col is None or label_col is None:
-        raise UsageError(f"{where} needs an image column and a label column; it has {', '.join(ds.column_names)}")
+        raise UsageError(f"{where} needs an image column and a label column; it has {', '.join(column_names)}")
+    return image_col, label_col
+
+
+def _standardise(ds: datasets.Dataset, where: str) -> datasets.Dataset:
+    """Rename the image and label columns to `image`/`label` and drop the rest."""
+    image_col, label_col = image_and_label_columns(ds.features, ds.column_names, where)
     ds = ds.select_columns([image_col, label_col])
     ds = ds.rename_columns({k: v for k, v in ((image_col, "image"), (label_col, "label")) if k != v})
     if not isinstance(ds.features["image"], datasets.Image):

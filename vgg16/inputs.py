@@ -1,0 +1,184 @@
+"""A run's inputs: the data source -> transforms -> the train and validation loaders, and how each epoch starts.
+
+Two paths behind one shape (`Inputs`):
+- map-style (every source but --streaming): a `datasets.Dataset` indexed by a shuffled DataLoader that
+  `accelerator.prepare` shards; a mid-epoch resume skips batches with `accelerator.skip_first_batches`.
+- --streaming (parquet, vgg16/streaming.py): each process streams its own equal span; the loaders are NOT passed
+  to `accelerator.prepare` (it would shard the stream again, accelerate#3547), so their batches are moved to the
+  device here, and a mid-epoch resume starts the stream at the batch to come.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from .config import TrainConfig
+from .data import (AugmentedDataset, RepeatedAugmentation, SyntheticImages, build_loaders, decode_image,
+                   eval_transform, train_transform)
+from .decoding import decoding_for
+from .errors import UsageError
+from .launch import default_workers
+from .model import head_for
+from .shards import load_parquet_source, open_parquet
+from .sources import load_source
+from .streaming import ParquetStream, StreamPlan, stream_loader, train_batches, val_batches
+
+
+@dataclass
+class Inputs:
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_prepare: Callable[[tuple], tuple]
+    """Loader batch -> (uint8 NCHW images, labels, bad) on the device."""
+    val_prepare: Callable[[tuple], tuple]
+    train_images: int
+    val_images: int
+    class_names: list
+    name: str
+    sizes: tuple
+    """(train crop, validation resize, validation crop)."""
+    workers: int
+    notes: tuple = ()
+    streaming: Optional[dict] = None
+    """--streaming: what a checkpoint records so a resume reads the same order ({'streams', 'processes'})."""
+    loaders_on_device: bool = True
+    """Whether `accelerator.prepare` should move the map-style loaders' batches (False with --gpu-decode)."""
+    ra_sampler: Optional[RepeatedAugmentation] = None
+
+    def prepare(self, accelerator, *objects, train: bool = True) -> tuple:
+        """accelerator.prepare(*objects) followed by the loaders (the train one only if `train`): the map-style
+        loaders prepared too, a stream's as they are."""
+        loaders = [self.train_loader, self.val_loader] if train else [self.val_loader]
+        if self.streaming is not None:
+            prepared = accelerator.prepare(*objects)
+            return (*(prepared if len(objects) > 1 else (prepared,)), *loaders)
+        placement = [True] * len(objects) + [self.loaders_on_device] * len(loaders)
+        return accelerator.prepare(*objects, *loaders, device_placement=placement)
+
+    def epoch_loader(self, accelerator, loader, epoch: int, skip_batches: int):
+        """`loader` (the prepared train loader) positioned at `skip_batches` batches into `epoch`."""
+        if self.streaming is not None:
+            loader.dataset.set_epoch(epoch, skip_batches)
+            return loader
+        loader.dataset.set_epoch(epoch)  # augmentation seeds
+        loader.set_epoch(epoch)  # shuffle order
+        if self.ra_sampler is not None:
+            self.ra_sampler.set_epoch(epoch)
+        # A mid-epoch resume: the very next batch of the same order, without loading the skipped ones.
+        return accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+
+
+def _transforms(cfg: TrainConfig, sizes: tuple) -> tuple:
+    train = train_transform(image_size=sizes[0], small=head_for(sizes[0]) == "small", hflip=cfg.hflip,
+                            auto_augment=cfg.auto_augment, ra_magnitude=cfg.ra_magnitude,
+                            augmix_severity=cfg.augmix_severity, random_erase=cfg.random_erase,
+                            interpolation=cfg.interpolation)
+    return train, eval_transform(resize_size=sizes[1], crop_size=sizes[2], interpolation=cfg.interpolation)
+
+
+def build_inputs(cfg: TrainConfig, accelerator, stream_state: Optional[dict] = None) -> Inputs:
+    """stream_state: the `streaming` record of the checkpoint a --streaming run resumes from."""
+    workers = default_workers(cfg.workers, accelerator.num_processes)
+    if cfg.streaming:
+        return _stream_inputs(cfg, accelerator, workers, stream_state)
+    if cfg.dataset == "synthetic":
+        sizes = cfg.resolve_sizes(small_images=False)
+        classes = [str(i) for i in range(cfg.num_classes or 1000)]
+        per_step = cfg.batch_size * accelerator.num_processes
+        train = SyntheticImages(100 * per_step * cfg.grad_accum, image_size=sizes[0], num_classes=len(classes), seed=cfg.seed)
+        val = SyntheticImages(4 * per_step, image_size=sizes[2], num_classes=len(classes), seed=cfg.seed + 1)
+        name, notes = "synthetic", ()
+    else:
+        with accelerator.main_process_first():  # datasets' cache is written once, then read by the others
+            source = load_source(cfg.data, cfg.seed)
+        _check_num_classes(cfg, source.name, source.class_names)
+        classes, name, notes = source.class_names, source.name, source.notes
+        sizes = cfg.resolve_sizes(source.small_images)
+        train_tf, val_tf = _transforms(cfg, sizes)
+        train = AugmentedDataset(source.train, train_tf, cfg.seed, strict=cfg.strict_data)
+        val = AugmentedDataset(source.val, val_tf, cfg.seed, strict=cfg.strict_data)
+    # Where batches are decoded (loader workers, or the GPU with --gpu-decode) and how they reach the device.
+    decoding = decoding_for(cfg.gpu_decode, accelerator.device)
+    train_feed, val_feed = decoding.feed(train), decoding.feed(val)
+    ra_sampler = RepeatedAugmentation(len(train), batch_size=cfg.batch_size, seed=cfg.seed, reps=cfg.ra_reps,
+                                      num_processes=accelerator.num_processes) if cfg.ra_sampler else None
+    train_loader, val_loader = build_loaders(train_feed.dataset, val_feed.dataset, batch_size=cfg.batch_size,
+                                             workers=workers, seed=cfg.seed, pin_memory=accelerator.device.type != "cpu",
+                                             collate_fn=decoding.collate_fn, train_batch_sampler=ra_sampler)
+    return Inputs(train_loader, val_loader, train_feed.prepare, val_feed.prepare, len(train), len(val), classes, name,
+                  sizes, workers, notes, loaders_on_device=decoding.loader_on_device, ra_sampler=ra_sampler)
+
+
+def _check_num_classes(cfg: TrainConfig, name: str, class_names) -> None:
+    if cfg.num_classes is not None and cfg.num_classes != len(class_names):
+        raise UsageError(f"--num-classes {cfg.num_classes}, but {name} has {len(class_names)} classes: "
+                         "drop --num-classes (it is for --dataset synthetic)")
+
+
+def _first_image_is_small(split) -> bool:
+    """Whether the first image of the first row group is CIFAR-sized (one row group read)."""
+    table = open_parquet(split.files[int(split.piece_file[0])]).read_row_group(int(split.piece_group[0]),
+                                                                              columns=[split.image_column])
+    for raw in table.column(0).to_pylist()[:16]:
+        try:
+            image = decode_image(raw)
+        except (OSError, ValueError, SyntaxError):
+            continue
+        return max(image.shape[-2:] if isinstance(image, torch.Tensor) else image.size) < 64
+    return False
+
+
+def _to_device(device) -> Callable[[tuple], tuple]:
+    def move(batch: tuple) -> tuple:
+        images, labels, bad = batch[:3]  # the 4th, row ids, stays on the host
+        return tuple(t.to(device, non_blocking=True) for t in (images, labels, bad))
+    return move
+
+
+def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Optional[dict]) -> Inputs:
+    source = load_parquet_source(cfg.data)
+    train_split, val_split = source.train, source.val
+    classes = list(train_split.class_names)
+    _check_num_classes(cfg, source.name, classes)
+    sizes = cfg.resolve_sizes(_first_image_is_small(train_split))
+    train_tf, val_tf = _transforms(cfg, sizes)
+    n, rank = accelerator.num_processes, accelerator.process_index
+    # The order of an epoch depends on the stream count: a resumed run keeps the one it began with, whatever
+    # --workers says now (a different worker count still gives the same batches, with more reading if it does
+    # not divide the stream count).
+    streams = max(1, workers)
+    notes = []
+    if stream_state:
+        streams = int(stream_state["streams"])
+        if workers > 0 and streams % workers:
+            notes.append(f"the stream keeps the {streams} part(s) per process it was started with: with {workers} "
+                         f"loader workers (not a divisor) some row groups are read by more than one worker")
+        if int(stream_state["processes"]) != n:
+            notes.append(f"the checkpoint was written by {stream_state['processes']} processes and {n} resume it: the "
+                         "rest of the interrupted epoch is not the order the first run would have read (later "
+                         "epochs are whole)")
+    nb = train_batches(train_split.num_rows, num_processes=n, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum)
+    if nb == 0:
+        raise UsageError(f"the training set has {train_split.num_rows} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {n} processes x {cfg.grad_accum}): lower --batch-size")
+    train_plan = StreamPlan(n, rank, cfg.batch_size, nb, streams, cfg.shuffle_buffer, cfg.seed, train=True)
+    val_plan = StreamPlan(n, rank, cfg.batch_size, val_batches(val_split.num_rows, num_processes=n,
+                                                              batch_size=cfg.batch_size), streams, 0, cfg.seed, train=False)
+    train = ParquetStream(train_split, train_tf, train_plan, strict=cfg.strict_data, image_shape=(3, sizes[0], sizes[0]))
+    val = ParquetStream(val_split, val_tf, val_plan, strict=cfg.strict_data, image_shape=(3, sizes[2], sizes[2]))
+    pin = accelerator.device.type != "cpu"
+    left_out = train_split.num_rows - nb * cfg.batch_size * n
+    notes.append(f"streaming {source.name}: {train_split.num_rows} train rows in {len(train_split.piece_rows)} row "
+                 f"groups of {len(train_split.files)} files, {nb} batches per process per epoch"
+                 + (f" ({left_out} rows left out of each epoch, different ones every epoch)" if left_out else "")
+                 + f", shuffle buffer {cfg.shuffle_buffer} rows per "
+                 f"process in {streams} part(s)")
+    move = _to_device(accelerator.device)
+    return Inputs(stream_loader(train, workers=workers, seed=cfg.seed, pin_memory=pin),
+                  stream_loader(val, workers=workers, seed=cfg.seed, pin_memory=pin), move, move,
+                  train_split.num_rows, val_split.num_rows, classes, source.name, sizes, workers, tuple(notes),
+                  streaming={"streams": streams, "processes": n})
