@@ -4,10 +4,8 @@ The shards are written by `datasets` as the hub's are (conftest.make_parquet_sha
 size (120 rows in 27 row groups), 2 validation files (23 rows); every image holds its row id in its first pixel.
 """
 
-import io
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -172,6 +170,7 @@ def test_processes_over_gloo_read_each_row_once_take_equal_steps_count_validatio
     (["--streaming"], "--streaming reads parquet files: give --data"),
     (["--streaming", "--data", "someone/imagenet-like"], "could not list its files"),
     (["--streaming", "--gpu-decode", "--data", "x"], "--gpu-decode is not available with --streaming"),
+    (["--streaming", "--data", "./no/such/shards"], "no such file or directory"),
 ])
 def test_streaming_mistakes_are_one_line(args, message, capsys, tmp_path):
     assert main([*args, "--output-dir", str(tmp_path / "out")]) == 2

@@ -1,10 +1,13 @@
 """Throughput against the plain PyTorch way, measured in the same run on the same machine.
 
     python -m vgg16.benchmark data --data DIR [--batch-size 64 --workers N --steps 50 --eval]
+    python -m vgg16.benchmark stream --data PARQUET_DIR [--batch-size 64 --workers N --steps 50]
     python -m vgg16.benchmark train [--arch vgg16 --image-size 224 --batch-size 64 --steps 30 --mixed-precision bf16]
 
 `data` times our input pipeline (decode + augment to uint8, normalised later on the device) against torchvision's
-ImageFolder + PIL + ToTensor + Normalize on the same folder, workers and batch. `train` times our training step
+ImageFolder + PIL + ToTensor + Normalize on the same folder, workers and batch. `stream` times --streaming against the same
+parquet files loaded whole (map-style), after measuring that whole load's time and Arrow copy. `train` times our
+training step
 (Accelerate, the engine's train_one_epoch, on synthetic data) against a plain PyTorch loop with the same model,
 batch and optimizer. Both run the two sides for `--rounds` rounds, the first side alternating, and keep each
 side's best, since a shared machine is noisy. The last stdout lines are JSON objects, one per batch size, with
@@ -18,6 +21,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -84,6 +88,61 @@ def bench_data(args) -> dict:
             "baseline_images_per_s": ref, "ratio": ours / ref, "workers": args.workers,
             "batch_size": args.batch_size, "images": len(ours_set), "baseline": "torchvision ImageFolder + PIL + "
             "ToTensor + Normalize"}
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def bench_stream(args) -> dict:
+    """--streaming against loading the same parquet files whole (`Dataset.from_parquet`, the map-style path):
+    what the whole load costs first (time, and disk for its Arrow copy, in a fresh cache), then images/s of both
+    loaders with the same transform, batch and workers."""
+    import tempfile
+
+    import datasets
+
+    from .data import AugmentedDataset, build_loaders, train_transform
+    from .shards import load_parquet_source
+    from .sources import load_parquet_folder
+    from .streaming import ParquetStream, StreamPlan, stream_loader, train_batches
+
+    transform = train_transform(image_size=224, small=False)
+    started = time.perf_counter()
+    source = load_parquet_source(args.data)
+    footers_s = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as cache:
+        datasets.config.HF_DATASETS_CACHE = cache  # a cold conversion, whatever was loaded before
+        started = time.perf_counter()
+        whole = load_parquet_folder(Path(args.data), seed=0)
+        load_s = time.perf_counter() - started
+        arrow_bytes = _folder_bytes(cache)
+        mapped = AugmentedDataset(whole.train, transform, 0)
+        map_loader, _ = build_loaders(mapped, mapped, batch_size=args.batch_size, workers=args.workers, seed=0,
+                                      pin_memory=False)
+        batches = train_batches(source.train.num_rows, num_processes=1, batch_size=args.batch_size)
+        plan = StreamPlan(1, 0, args.batch_size, batches, max(1, args.workers), args.shuffle_buffer, 0, train=True)
+        stream = ParquetStream(source.train, transform, plan, image_shape=(3, 224, 224))
+        started = time.perf_counter()
+        first = next(iter(stream_loader(stream, workers=args.workers, seed=0, pin_memory=False)))
+        first_batch_s = time.perf_counter() - started + footers_s
+        assert len(first[0]) == args.batch_size
+        ours, ref = 0.0, 0.0
+        for r in range(args.rounds):
+            for side in _order(r):
+                if side == "baseline":
+                    ref = max(ref, _time_loader(map_loader, args.steps))
+                else:
+                    stream.set_epoch(r)
+                    ours = max(ours, _time_loader(stream_loader(stream, workers=args.workers, seed=0, pin_memory=False),
+                                                  args.steps))
+        del whole, mapped, map_loader
+    parquet_bytes = sum(os.path.getsize(f) for f in (*source.train.files, *source.val.files))
+    return {"what": f"streaming {args.data} ({source.train.num_rows} train rows, {parquet_bytes / 1e9:.2f} GB of parquet)",
+            "images_per_s": ours, "baseline_images_per_s": ref, "ratio": ours / ref, "workers": args.workers,
+            "batch_size": args.batch_size, "baseline": "Dataset.from_parquet (map-style)",
+            "whole_load_s": round(load_s, 1), "arrow_copy_gb": round(arrow_bytes / 1e9, 2),
+            "stream_first_batch_s": round(first_batch_s, 2), "parquet_gb": round(parquet_bytes / 1e9, 2)}
 
 
 def _train_flops_per_image(model: nn.Module, image_size: int) -> float:
@@ -216,6 +275,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     d.add_argument("--steps", type=int, default=50)
     d.add_argument("--eval", action="store_true", help="evaluation transforms (Resize 256 + CenterCrop 224)")
+    st = sub.add_parser("stream", help="--streaming against loading the parquet files whole (Dataset.from_parquet)")
+    st.add_argument("--data", required=True, help="a local parquet folder in the hub layout")
+    st.add_argument("--batch-size", type=int, default=64)
+    st.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    st.add_argument("--steps", type=int, default=50)
+    st.add_argument("--shuffle-buffer", type=int, default=8192)
+    st.add_argument("--cache-dir", help="where the whole load's Arrow copy goes (default: the system's temp folder)")
     t = sub.add_parser("train", help="training step against a plain PyTorch loop")
     t.add_argument("--arch", default="vgg16")
     t.add_argument("--image-size", type=int, default=224)
@@ -226,11 +292,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t.add_argument("--channels-last", action="store_true", help="channels_last model and batches (both sides)")
     t.add_argument("--compile", action="store_true", help="torch.compile both sides (ours through Accelerate); GPU")
     t.add_argument("--peak-tflops", type=float, help="device peak for FLOP utilisation, if not known")
-    for p in (d, t):
+    for p in (d, st, t):
         p.add_argument("--rounds", type=int, default=2, help="alternate both sides this many times; keep the best")
     args = parser.parse_args(argv)
     try:
-        results = [bench_data(args)] if args.what == "data" else bench_train(args)
+        results = {"data": lambda: [bench_data(args)], "stream": lambda: [bench_stream(args)],
+                   "train": lambda: bench_train(args)}[args.what]()
     except UsageError as e:  # a wrong --data and the like: one line, as train_vgg16.py says it
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -240,7 +307,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             print(f"{result['what']}: ours {result['images_per_s']:.1f} images/s, baseline "
                   f"{result['baseline_images_per_s']:.1f} images/s ({result['baseline']}), ratio {result['ratio']:.3f}"
-                  + (f", FLOP utilisation {100 * result['flop_utilisation']:.1f}%" if "flop_utilisation" in result else ""))
+                  + (f", FLOP utilisation {100 * result['flop_utilisation']:.1f}%" if "flop_utilisation" in result else "")
+                  + (f"; the whole load took {result['whole_load_s']} s and {result['arrow_copy_gb']} GB of disk for its "
+                     f"Arrow copy, the first streamed batch {result['stream_first_batch_s']} s" if "whole_load_s" in result
+                     else ""))
     for result in results:
         print(json.dumps(result))
     return 0

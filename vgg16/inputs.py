@@ -140,7 +140,8 @@ def _to_device(device) -> Callable[[tuple], tuple]:
 
 
 def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Optional[dict]) -> Inputs:
-    source = load_parquet_source(cfg.data)
+    with accelerator.main_process_first():  # a hub listing is cached by the first, then read by the others
+        source = load_parquet_source(cfg.data)
     train_split, val_split = source.train, source.val
     classes = list(train_split.class_names)
     _check_num_classes(cfg, source.name, classes)

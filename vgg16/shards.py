@@ -21,13 +21,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .errors import UsageError
-from .sources import VAL_SPLIT_NAMES, image_and_label_columns
+from .sources import VAL_SPLIT_NAMES, check_hub_name, image_and_label_columns
 
 
 def open_parquet(url: str) -> pq.ParquetFile:
     """A local path, or any fsspec URL (hf://datasets/...): only the footer is read here, row groups on demand."""
     if "://" not in url:
-        return pq.ParquetFile(url)
+        return pq.ParquetFile(url, memory_map=True)  # a local file: pages come from the page cache, not copied
     import fsspec
 
     return pq.ParquetFile(fsspec.open(url, "rb").open())
@@ -98,8 +98,11 @@ def scan_split(files: list, where: str, class_names: Optional[tuple] = None) -> 
 
 def split_files(data: str) -> dict:
     """{split: [file or URL, ...]} as `datasets` resolves `data` (a hub name or a local folder)."""
+    local = Path(data).expanduser()
+    if not local.exists():
+        check_hub_name(data)
     try:
-        builder = datasets.load_dataset_builder(str(Path(data).expanduser()) if Path(data).expanduser().exists() else data)
+        builder = datasets.load_dataset_builder(str(local) if local.exists() else data)
     except Exception as e:  # offline, unknown name, gated repo: all end the same way for the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"--data {data!r} --streaming: could not list its files ({first})") from None

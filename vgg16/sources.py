@@ -252,14 +252,19 @@ def load_digits() -> ImageData:
     return ImageData("digits", train, val, train.features["label"].names, small_images=True)
 
 
+def check_hub_name(data: str) -> None:
+    """A --data that is not a local path must look like a hub name (user/name or name), not a mistyped path."""
+    if data.startswith((".", "/", "~")) or os.sep in data.strip("/").replace("/", "", 1):
+        raise UsageError(f"--data {data}: no such file or directory")
+
+
 def load_source(data: Optional[str], seed: int) -> ImageData:
     """Pick the loader from what `data` is. None means the embedded digits."""
     if data is None:
         return load_digits()
     path = Path(data).expanduser()
     if not path.exists():
-        if data.startswith((".", "/", "~")) or os.sep in data.strip("/").replace("/", "", 1):
-            raise UsageError(f"--data {data}: no such file or directory")
+        check_hub_name(data)
         return load_hub(data, seed)
     if not path.is_dir():
         raise UsageError(f"--data {data} is a file: give the dataset's folder")
