@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, class_image, make_image_folder
+from conftest import ROOT, class_image, make_image_folder, make_photo_folder
 from PIL import Image
 
 from vgg16.data import decode_image, sample_seed, seeded, train_transform
@@ -98,6 +98,20 @@ def test_benchmark_data_against_torchvision_imagefolder(tmp_path, split):
                    *split)
     assert r["images_per_s"] > 0 and r["baseline_images_per_s"] > 0 and r["ratio"] > 0
     assert ("eval" in r["what"]) == bool(split)
+
+
+def test_benchmark_stream_times_both_loaders_on_parquet_made_from_photographs(tmp_path):
+    from vgg16.photos import folder_to_parquet
+    from vgg16.shards import load_parquet_source
+
+    photos = make_photo_folder(tmp_path / "photos", n_train=12, n_val=2, size=(96, 72))
+    shards = folder_to_parquet(photos, tmp_path / "photos-parquet", shards=3)
+    source = load_parquet_source(str(shards))
+    assert (source.train.num_rows, len(source.train.files), source.val.num_rows) == (48, 3, 8)
+    r = _benchmark("stream", "--data", str(shards), "--batch-size", "4", "--workers", "0", "--steps", "2",
+                   "--rounds", "1", "--shuffle-buffer", "8", "--cache-dir", str(tmp_path))
+    assert r["images_per_s"] > 0 and r["baseline_images_per_s"] > 0
+    assert r["arrow_copy_bytes"] >= r["parquet_bytes"] * 0.5 and r["whole_load_s"] > 0 and r["stream_first_batch_s"] > 0
 
 
 def test_benchmark_errors_are_one_line(tmp_path):

@@ -141,8 +141,8 @@ def bench_stream(args) -> dict:
     return {"what": f"streaming {args.data} ({source.train.num_rows} train rows, {parquet_bytes / 1e9:.2f} GB of parquet)",
             "images_per_s": ours, "baseline_images_per_s": ref, "ratio": ours / ref, "workers": args.workers,
             "batch_size": args.batch_size, "baseline": "Dataset.from_parquet (map-style)",
-            "whole_load_s": round(load_s, 1), "arrow_copy_gb": round(arrow_bytes / 1e9, 2),
-            "stream_first_batch_s": round(first_batch_s, 2), "parquet_gb": round(parquet_bytes / 1e9, 2)}
+            "whole_load_s": load_s, "arrow_copy_bytes": arrow_bytes, "stream_first_batch_s": first_batch_s,
+            "parquet_bytes": parquet_bytes}
 
 
 def _train_flops_per_image(model: nn.Module, image_size: int) -> float:
@@ -308,9 +308,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{result['what']}: ours {result['images_per_s']:.1f} images/s, baseline "
                   f"{result['baseline_images_per_s']:.1f} images/s ({result['baseline']}), ratio {result['ratio']:.3f}"
                   + (f", FLOP utilisation {100 * result['flop_utilisation']:.1f}%" if "flop_utilisation" in result else "")
-                  + (f"; the whole load took {result['whole_load_s']} s and {result['arrow_copy_gb']} GB of disk for its "
-                     f"Arrow copy, the first streamed batch {result['stream_first_batch_s']} s" if "whole_load_s" in result
-                     else ""))
+                  + (f"; the whole load took {result['whole_load_s']:.1f} s and {result['arrow_copy_bytes'] / 1e9:.2f} GB "
+                     f"of disk for its Arrow copy, the first streamed batch {result['stream_first_batch_s']:.2f} s"
+                     if "whole_load_s" in result else ""))
     for result in results:
         print(json.dumps(result))
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -242,6 +243,8 @@ def item_resume(check: Check) -> dict:
     from safetensors.torch import load_file
 
     whole, parted = check.out / "resume_whole", check.out / "resume_parted"
+    for folder in (whole, parted):  # a rerun in the same --output-dir must not resume the last run's checkpoints
+        shutil.rmtree(folder, ignore_errors=True)
     _digits_run(check, whole, "resume_whole", "--stop-step-num", "20")
     _digits_run(check, parted, "resume_part1", "--stop-step-num", "9")
     r = _digits_run(check, parted, "resume_part2", "--stop-step-num", "20", "--resume", "auto")
