@@ -87,14 +87,6 @@ def test_only_the_main_process_writes_and_prints(two_process_run):
     assert {p.name for p in ckpt.glob("random_states_*")} == {"random_states_0.pkl", "random_states_1.pkl"}
 
 
-def test_two_process_resume_matches_the_uninterrupted_run(data, two_process_run, tmp_path):
-    out, _ = two_process_run
-    done = _ok(run_cli("--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(tmp_path),
-                       "--resume", str(out / "checkpoints" / "epoch_0001"), launcher=launcher(2), env=CPU))
-    assert done.stdout.count("resumed from") == 1
-    _weights_close(tmp_path, out, exact=True)
-
-
 def test_evaluation_counts_each_of_101_images_once_with_1_2_and_3_processes(two_process_run, tmp_path):
     out, _ = two_process_run
     val = make_image_folder(tmp_path / "v", n_train=1, n_val=34, seed=9)
