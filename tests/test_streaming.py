@@ -120,6 +120,17 @@ def test_an_unreadable_image_is_replaced_within_its_batch_counted_and_named_once
         list(stream_loader(stream, workers=0, seed=0, pin_memory=False))
 
 
+def test_a_shard_that_cannot_be_read_mid_run_is_one_line_naming_it(tmp_path):
+    root = make_parquet_shards(tmp_path / "damaged", train_rows=(10, 10), val_rows=(5,), group_rows=5)
+    split = load_parquet_source(str(root)).train  # footers read: then the file loses its data pages
+    path = root / "data" / "train-00000-of-00002.parquet"
+    data = path.read_bytes()
+    path.write_bytes(b"\0" * (len(data) - 2000) + data[-2000:])
+    plan = StreamPlan(1, 0, 5, 4, streams=1, shuffle_buffer=0, seed=0, train=True)
+    with pytest.raises(UsageError, match=r"could not read row group \d of .*train-00000-of-00002.parquet"):
+        _read_all(split, plan, workers=0, epoch=0)
+
+
 def _same_weights(a, b):
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

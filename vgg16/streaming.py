@@ -134,11 +134,15 @@ class _RowReader:
     def _load(self, row: int) -> None:
         split = self.split
         piece = int(np.searchsorted(self.starts, row, side="right")) - 1
-        f = int(split.piece_file[piece])
-        if f not in self.files:
-            self.files[f] = open_parquet(split.files[f])
-        table = self.files[f].read_row_group(int(split.piece_group[piece]),
-                                             columns=[split.image_column, split.label_column])
+        f, group = int(split.piece_file[piece]), int(split.piece_group[piece])
+        try:
+            if f not in self.files:
+                self.files[f] = open_parquet(split.files[f])
+            table = self.files[f].read_row_group(group, columns=[split.image_column, split.label_column])
+        except (OSError, ValueError) as e:  # a vanished or damaged file, a lost connection (pyarrow: ArrowInvalid)
+            raise UsageError(f"could not read row group {group} of {split.files[f]} "
+                             f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); the run "
+                             "stops here: --resume auto continues from the newest checkpoint") from None
         first = int(self.starts[piece])
         for i, (image, label) in enumerate(zip(table.column(0).to_pylist(), table.column(1).to_pylist())):
             if first + i in self.wanted:
