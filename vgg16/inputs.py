@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 
 from .config import TrainConfig
@@ -139,9 +140,25 @@ def _to_device(device) -> Callable[[tuple], tuple]:
     return move
 
 
+def _shared_parquet_source(data: str, accelerator):
+    """The main process lists the files and reads the footers; the others receive its result, or its error (so
+    no process waits for a broadcast that never comes): one set of hub requests per job, not per process."""
+    if accelerator.num_processes == 1:
+        return load_parquet_source(data)
+    payload = [None]
+    if accelerator.is_main_process:
+        try:
+            payload = [load_parquet_source(data)]
+        except UsageError as e:
+            payload = [e]
+    payload = broadcast_object_list(payload)
+    if isinstance(payload[0], UsageError):
+        raise payload[0]
+    return payload[0]
+
+
 def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Optional[dict]) -> Inputs:
-    with accelerator.main_process_first():  # a hub listing is cached by the first, then read by the others
-        source = load_parquet_source(cfg.data)
+    source = _shared_parquet_source(cfg.data, accelerator)
     train_split, val_split = source.train, source.val
     classes = list(train_split.class_names)
     _check_num_classes(cfg, source.name, classes)
