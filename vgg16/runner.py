@@ -144,7 +144,8 @@ def run(cfg: TrainConfig) -> dict:
                        val_loss=metrics["loss"], bad_images=metrics["bad_images"], fps=0.0, epochs=0, steps=0,
                        evaluated=cfg.resume or cfg.pretrained)
     else:
-        if len(train_loader) < cfg.grad_accum * accelerator.num_processes:
+        # (A stream's loader counts this process's batches, and build_inputs has checked them already.)
+        if inputs.streaming is None and len(train_loader) < cfg.grad_accum * accelerator.num_processes:
             raise UsageError(f"the training set has {inputs.train_images} images, fewer than one global batch "
                              f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
                              "lower --batch-size")
