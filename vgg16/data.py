@@ -135,6 +135,17 @@ def decode_image(raw: dict):
     return to_rgb(image)
 
 
+def skip_unreadable(where: str, error: BaseException, *, strict: bool, reported: set) -> None:
+    """An unreadable image: stop naming it with --strict-data, else warn once per process (or worker) and go on
+    (the caller replaces it and counts it)."""
+    if strict:
+        raise UsageError(f"unreadable image {where} ({error}); --strict-data stops at the first one "
+                         "(without it, bad images are skipped and counted)") from None
+    if where not in reported:
+        reported.add(where)
+        print(f"warning: skipping unreadable image {where} ({error})", file=sys.stderr, flush=True)
+
+
 def describe(raw: dict, index: int) -> str:
     return raw.get("path") or f"image #{index}"
 
@@ -186,13 +197,7 @@ class AugmentedDataset(Dataset):
             try:
                 return decode_image(example["image"]), example["label"], bad
             except BAD_IMAGE_ERRORS as e:
-                where = describe(example["image"], i)
-                if self.strict:
-                    raise UsageError(f"unreadable image {where} ({e}); --strict-data stops at the first one "
-                                     "(without it, bad images are skipped and counted)") from None
-                if where not in self._reported:
-                    self._reported.add(where)
-                    print(f"warning: skipping unreadable image {where} ({e})", file=sys.stderr, flush=True)
+                skip_unreadable(describe(example["image"], i), e, strict=self.strict, reported=self._reported)
         raise UsageError(f"{MAX_REPLACEMENTS} unreadable images in a row from image #{index}: is the data intact? "
                          "(python -m vgg16.check_data --data ... lists them)")
 

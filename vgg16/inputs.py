@@ -13,19 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, send_to_device
 from torch.utils.data import DataLoader
 
 from .config import TrainConfig
-from .data import (AugmentedDataset, RepeatedAugmentation, SyntheticImages, build_loaders, decode_image,
-                   eval_transform, train_transform)
+from .data import (AugmentedDataset, RepeatedAugmentation, SyntheticImages, build_loaders, eval_transform,
+                   train_transform)
 from .decoding import decoding_for
 from .errors import UsageError
 from .launch import default_workers
 from .model import head_for
 from .shards import load_parquet_source, open_parquet
-from .sources import load_source
+from .sources import first_image_is_small, load_source
 from .streaming import ParquetStream, StreamPlan, stream_loader, train_batches, val_batches
 
 
@@ -121,22 +120,15 @@ def _check_num_classes(cfg: TrainConfig, name: str, class_names) -> None:
 
 
 def _first_image_is_small(split) -> bool:
-    """Whether the first image of the first row group is CIFAR-sized (one row group read)."""
+    """Whether the first images of the first row group are CIFAR-sized (one row group read)."""
     table = open_parquet(split.files[int(split.piece_file[0])]).read_row_group(int(split.piece_group[0]),
                                                                               columns=[split.image_column])
-    for raw in table.column(0).to_pylist()[:16]:
-        try:
-            image = decode_image(raw)
-        except (OSError, ValueError, SyntaxError):
-            continue
-        return max(image.shape[-2:] if isinstance(image, torch.Tensor) else image.size) < 64
-    return False
+    return first_image_is_small(table.column(0).to_pylist())
 
 
 def _to_device(device) -> Callable[[tuple], tuple]:
     def move(batch: tuple) -> tuple:
-        images, labels, bad = batch[:3]  # the 4th, row ids, stays on the host
-        return tuple(t.to(device, non_blocking=True) for t in (images, labels, bad))
+        return tuple(send_to_device(batch[:3], device, non_blocking=True))  # the 4th, row ids, stays on the host
     return move
 
 

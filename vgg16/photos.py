@@ -76,8 +76,9 @@ def make_photo_folder(root: Path, n_train: int = 8, n_val: int = 3, size: tuple 
 
 def folder_to_parquet(folder: Path, output: Path, shards: int, seed: int = 0) -> Path:
     """The hub's parquet layout (output/data/{train,validation}-NNNNN-of-MMMMM.parquet) of an ImageNet-style folder:
-    rows shuffled (seeded) as hub shards are, the JPEG bytes inside, written by `datasets` (row groups of 100
-    images, ClassLabel names in the schema), for timing --streaming against loading the same files whole."""
+    rows shuffled (seeded) as hub shards are, the JPEG bytes inside, written by `datasets` (its row groups: up to
+    100 MB in datasets 5.2; ClassLabel names in the schema), for timing --streaming against loading the same files
+    whole."""
     import datasets
 
     from .sources import scan_class_folder

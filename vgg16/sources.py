@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import pickle
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import datasets
 import numpy as np
@@ -42,15 +43,20 @@ def _features(class_names: list) -> datasets.Features:
     return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names)})
 
 
-def _first_image_is_small(ds: datasets.Dataset) -> bool:
-    """Whether images are CIFAR-sized, judged by the first one that decodes (a bad file must not stop a run)."""
-    undecoded = ds.cast_column("image", datasets.Image(decode=False))
-    for i in range(min(len(ds), 16)):
+def first_image_is_small(raw_images: Iterable[dict]) -> bool:
+    """Whether images are CIFAR-sized, judged by the first of up to 16 undecoded datasets.Image values
+    ({'bytes', 'path'}) that decodes (a bad file must not stop a run)."""
+    for raw in islice(raw_images, 16):
         try:
-            return max(datasets.Image().decode_example(undecoded[i]["image"]).size) < 64
+            return max(datasets.Image().decode_example(raw).size) < 64
         except (OSError, ValueError, SyntaxError):
             continue
     return False
+
+
+def _first_image_is_small(ds: datasets.Dataset) -> bool:
+    undecoded = ds.cast_column("image", datasets.Image(decode=False))
+    return first_image_is_small(undecoded[i]["image"] for i in range(len(ds)))
 
 
 # ---------------------------------------------------------------- ImageNet-style folders

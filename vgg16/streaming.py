@@ -24,14 +24,13 @@ count, has every process read everything and keep one example in N; and its shuf
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .data import BAD_IMAGE_ERRORS, decode_image, seeded, sample_seed
+from .data import BAD_IMAGE_ERRORS, decode_image, sample_seed, seeded, skip_unreadable
 from .errors import UsageError
 from .shards import ParquetSplit, open_parquet
 
@@ -201,13 +200,7 @@ class ParquetStream(IterableDataset):
             try:
                 decoded.append((decode_image(raw), label))
             except BAD_IMAGE_ERRORS as e:
-                where = raw.get("path") or reader.where(row)
-                if self.strict:
-                    raise UsageError(f"unreadable image {where} ({e}); --strict-data stops at the first one "
-                                     "(without it, bad images are skipped and counted)") from None
-                if where not in self._reported:
-                    self._reported.add(where)
-                    print(f"warning: skipping unreadable image {where} ({e})", file=sys.stderr, flush=True)
+                skip_unreadable(raw.get("path") or reader.where(row), e, strict=self.strict, reported=self._reported)
                 decoded.append((None, label))
         return decoded
 
