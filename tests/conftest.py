@@ -113,6 +113,23 @@ def run_cli(*args: str, launcher: tuple = ("accelerate", "launch", "--num_proces
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
 
 
+def kill_when(target: Path, *args: str, seconds: int = 300) -> None:
+    """Run train_vgg16.py (cli_command) in a session of its own and SIGKILL the launcher and its workers, without
+    warning, as soon as `target` (a checkpoint folder) exists."""
+    import signal
+    import time
+
+    cmd, env = cli_command(*args)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env, cwd=ROOT)
+    deadline = time.time() + seconds
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), f"{target} never appeared"
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Accelerate keeps one process-wide state; in-process runs with other settings need it cleared (as

@@ -57,7 +57,7 @@ def test_old_distributed_flags_name_their_replacement(flags, replacement):
 @pytest.mark.parametrize("args, message", [
     (["-a", "resnet18"], "invalid choice"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--lr", "-1"], "--lr must be positive"),
+    (["--lr", "-1"], "--lr must be >= 0"),
     (["--image-size", "16"], "at least 32"),
     (["--data", "/no/such/folder"], "no such file or directory"),
     (["--evaluate"], "--evaluate needs weights"),

@@ -261,7 +261,7 @@ def test_pretrained_with_another_class_count_replaces_the_last_layer(run_dir, tm
     out = tmp_path / "ft"
     assert main(["--data", str(data), "-a", "vgg11", "--image-size", "64", "-b", "4", "--lr", "1e-9", "-j", "0",
                  "--stop-step-num", "1", "--pretrained", str(tmp_path / "tv7.safetensors"), "--output-dir", str(out)]) == 0
-    assert "has 7 classes, the data 3: replacing the last layer" in capsys.readouterr().out
+    assert "replaced the last layer (classifier.6: 7 classes -> 3)" in capsys.readouterr().out
     tuned = load_file(str(out / "model.safetensors"))
     assert tuned["classifier.6.weight"].shape == (3, 4096)
     torch.testing.assert_close(tuned["features.0.weight"], source.state_dict()["features.0.weight"], rtol=0, atol=1e-6)

@@ -3,13 +3,10 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
-from conftest import ROOT, make_image_folder, run_cli
+from conftest import kill_when, make_image_folder, run_cli
 from safetensors.torch import load_file
 
 from vgg16 import check_data
@@ -47,16 +44,8 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bitwise_equal(data, tmp_path):
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["epoch_0002", "step_000000021"]
 
     killed = tmp_path / "killed"
-    cmd = [str(ROOT / ".venv" / "bin" / "accelerate") if (ROOT / ".venv").exists() else "accelerate", "launch",
-           "--num_processes", "1", str(ROOT / "train_vgg16.py"), *args, "--output-dir", str(killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
     target = killed / "checkpoints" / "step_000000006"  # mid-epoch 1 (step 6 of 12)
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the training process, without warning
-    proc.wait()
+    kill_when(target, *args, "--output-dir", str(killed))
     assert target.exists() and not (killed / "results.json").exists()
 
     done = _ok(run_cli(*args, "--output-dir", str(killed), "--resume", "auto"))

@@ -35,6 +35,7 @@ def model_card(results: dict, model_config: dict) -> str:
         "license": "bsd-3-clause",
         "tags": ["image-classification", "vgg", results["arch"], "torchvision", "accelerate", "safetensors"]
         + (["timm"] if timm_loads else []),
+        **({"base_model": model_config["base_model"]} if model_config.get("base_model") else {}),
         "datasets": [dataset],
         "metrics": ["accuracy"],
         "model-index": [{
@@ -89,5 +90,10 @@ def model_card(results: dict, model_config: dict) -> str:
         f"- global batch {results['global_batch_size']} ({results['per_process_batch_size']} per process x "
         f"{results['num_processes']} x {results['grad_accum']}), recipe {results.get('recipe', '-')}, lr {results['lr']:g}, "
         f"seed {results['seed']}",
+        *([f"- started from: {model_config.get('started_from') or model_config['pretrained']}"]
+          if model_config.get("pretrained") else ["- started from: random initialisation"]),
+        *([f"- frozen: {model_config['frozen']}"] if model_config.get("frozen") else []),
+        *([f"- features trained at lr x {model_config['backbone_lr_scale']:g}"]
+          if model_config.get("backbone_lr_scale") is not None else []),
         f"- torch {results['torch']}, accelerate {results['accelerate']}", "",
     ])

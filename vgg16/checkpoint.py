@@ -22,10 +22,9 @@ from torch import nn
 from .elastic import restart_count
 from .errors import UsageError, write_failure
 from .model import check_state_dict, with_timm_fields
+from .weights import MODEL_CONFIG, WEIGHTS, read_weights  # noqa: F401 - read_weights: ckpt.read_weights
 
 TRAINER_STATE = "trainer_state.json"
-WEIGHTS = "model.safetensors"
-MODEL_CONFIG = "config.json"
 NPU_RNG = "npu_rng_state_{}.safetensors"
 
 
@@ -177,16 +176,6 @@ def load_training_state(accelerator: Accelerator, checkpoint: Path, model: nn.Mo
     return state
 
 
-def read_weights(path: Path) -> dict:
-    """A state_dict from a safetensors file: no pickle, no code."""
-    if not path.is_file():
-        raise UsageError(f"{path}: no such weights file")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UsageError(f"{path} is not a readable safetensors file ({e})") from None
-
-
 def export_model(accelerator: Accelerator, model: nn.Module, output_dir: Path, model_config: dict) -> None:
     """model.safetensors with torchvision's keys and config.json: a folder torchvision and the hub accept.
 
@@ -205,41 +194,3 @@ def export_model(accelerator: Accelerator, model: nn.Module, output_dir: Path, m
         raise UsageError(f"could not write the model to {output_dir} ({write_failure(e)}); the previous export and "
                          "checkpoints are intact: free some space, then --resume auto") from None
     accelerator.wait_for_everyone()
-
-
-def resolve_pretrained(spec: str) -> tuple[dict, Optional[dict]]:
-    """(state_dict, model config or None) from a .safetensors file, an exported folder, or a hub model id."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        weights = path / WEIGHTS
-        config_path = path / MODEL_CONFIG
-        if not weights.exists():
-            raise UsageError(f"--pretrained {spec}: no {WEIGHTS} in that folder")
-    elif path.is_file():
-        if path.suffix != ".safetensors":
-            raise UsageError(f"--pretrained {spec}: only safetensors weights are read (pickled .pth/.tar files can "
-                             "run code when loaded); convert with safetensors.torch.save_file(state_dict, 'x.safetensors')")
-        weights, config_path = path, path.with_name(MODEL_CONFIG)
-    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        weights, config_path = _download_from_hub(spec)
-    else:
-        raise UsageError(f"--pretrained {spec}: no such file or folder")
-    config = json.loads(config_path.read_text()) if config_path and config_path.exists() else None
-    return read_weights(weights), config
-
-
-def _download_from_hub(repo_id: str) -> tuple[Path, Optional[Path]]:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        weights = Path(hf_hub_download(repo_id, WEIGHTS))
-    except Exception as e:  # offline, unknown repo, no access: one line for all of them
-        raise UsageError(f"--pretrained {repo_id}: not a local path, and the hub gave no {WEIGHTS} "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    try:
-        config: Optional[Path] = Path(hf_hub_download(repo_id, MODEL_CONFIG))
-    except (EntryNotFoundError, OSError):
-        config = None
-    return weights, config
-

@@ -92,7 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of {', '.join(ARCHS)} (default vgg16; vgg16_bn on the embedded digits)")
     m.add_argument("--dropout", type=float, default=0.5, help="dropout in the classifier (default 0.5)")
     m.add_argument("--pretrained", nargs="?", const="", metavar="WEIGHTS",
-                   help="torchvision-format weights: a .safetensors file, an exported folder or a hub model id")
+                   help="start from these weights (alone: torchvision's ImageNet weights of --arch): a torchvision "
+                   "weights name (IMAGENET1K_V1, DEFAULT, IMAGENET1K_FEATURES), a .safetensors or .pth file, an "
+                   "exported or timm folder, or a hub id (USER/NAME, timm/vgg16.tv_in1k); the arch, input mean/std "
+                   "and sizes follow the weights; default recipe finetune")
+    m.add_argument("--freeze-features", action="store_true",
+                   help="train the classifier only: the features and their BatchNorm statistics stay as loaded")
+    m.add_argument("--freeze-epochs", type=int, metavar="N",
+                   help="the classifier alone for N epochs, then every layer; " + _from_recipe("freeze_epochs"))
+    m.add_argument("--backbone-lr-scale", type=float, metavar="F",
+                   help="the features train at lr x F (discriminative lr); " + _from_recipe("backbone_lr_scale"))
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--recipe", choices=list(RECIPES),
@@ -205,9 +214,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     if used:
         flags = ", ".join("--" + k.replace("_", "-") for k in used)
         raise UsageError(f"{flags} belong to the old mp.spawn launcher: " + "; ".join(LEGACY_DISTRIBUTED[k] for k in used))
-    if ns.pretrained == "":
-        raise UsageError("--pretrained needs the weights to load: --pretrained PATH.safetensors, an exported "
-                         "folder, or a hub model id")
     notes: list = []
     mixed_precision = _precision_from_legacy(ns, notes)
     loss_scale = None

@@ -80,7 +80,14 @@ class TrainConfig:
     """From the recipe: vgg16 (torchvision, ascend), vgg16_bn (modern, cifar10, digits)."""
     dropout: float = 0.5
     pretrained: Optional[str] = None
-    """safetensors file, exported folder, or hub model id with torchvision-format weights."""
+    """Starting weights (vgg16.weights): '' for torchvision's default ImageNet weights of --arch, a torchvision
+    weights name, a .safetensors or .pth file, an exported or timm folder, or a hub model id (ours or timm's)."""
+    freeze_features: bool = False
+    """Train the classifier only; the features (and their BatchNorm statistics) stay as loaded."""
+    freeze_epochs: Optional[int] = None
+    """The classifier alone for this many epochs, then every layer (fastai's fine_tune)."""
+    backbone_lr_scale: Optional[float] = None
+    """The features train at lr x this (discriminative lr)."""
 
     # --- optimisation ---
     recipe: Optional[str] = None
@@ -177,7 +184,12 @@ class TrainConfig:
         need(self.grad_accum >= 1, f"--grad-accum must be at least 1 (got {self.grad_accum})")
         need(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})")
         need(self.start_epoch is None or self.start_epoch >= 0, f"--start-epoch must be >= 0 (got {self.start_epoch})")
-        need(self.lr is None or self.lr > 0, f"--lr must be positive (got {self.lr})")
+        need(self.lr is None or self.lr >= 0, f"--lr must be >= 0 (got {self.lr})")
+        need(self.freeze_epochs is None or self.freeze_epochs >= 0, f"--freeze-epochs must be >= 0 (got {self.freeze_epochs})")
+        need(self.backbone_lr_scale is None or self.backbone_lr_scale >= 0,
+             f"--backbone-lr-scale must be >= 0 (got {self.backbone_lr_scale})")
+        need(not (self.freeze_features and self.freeze_epochs), "--freeze-features freezes the features for the whole "
+             "run, --freeze-epochs N for N epochs: keep one")
         need(0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})")
         need(self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})")
         need(not self.nesterov or self.momentum > 0, "--nesterov needs a momentum above 0")
@@ -252,21 +264,29 @@ class TrainConfig:
     def with_recipe_defaults(self) -> "TrainConfig":
         """A copy whose unset options take the recipe's values (vgg16.recipes). The sizes are not filled here:
         they depend on the images too (`resolve_sizes`)."""
-        recipe = self.recipe or ("digits" if self.uses_embedded_data else "torchvision")
-        arch = self.arch or recipe_value(recipe, "arch")
+        recipe = self.recipe or ("finetune" if self.pretrained is not None and not self.evaluate else
+                                 "digits" if self.uses_embedded_data else "torchvision")
+        # With --pretrained the weights decide the architecture (the runner reads it off them) unless -a says.
+        arch = self.arch or (None if self.pretrained is not None else recipe_value(recipe, "arch"))
         filled = {k: recipe_value(recipe, k, arch) for k in RECIPES[recipe].values
                   if k not in SIZE_OPTIONS and getattr(self, k) is None}
+        filled["arch"] = arch
+        if self.freeze_features and self.freeze_epochs is None:
+            filled["freeze_epochs"] = 0  # frozen all run: the recipe's unfreezing does not apply
         if self.nesterov and (self.opt or filled.get("opt")) == "sgd":
             filled["opt"] = "sgd_nesterov"
         return dataclasses.replace(self, recipe=recipe, **filled)
 
-    def resolve_sizes(self, small_images: bool) -> tuple[int, int, int]:
+    def resolve_sizes(self, small_images: bool, weights_sizes: Optional[tuple] = None) -> tuple[int, int, int]:
         """(training crop, validation resize, validation crop).
 
-        The recipe's sizes (modern: 176 / 232 / 224) apply only to ImageNet-sized images when you give none of
-        the three; otherwise unset ones follow from the training crop: validation crop = training crop, resize =
-        crop x 256/224 (torchvision's ratio), or no margin at all below 64 px (CIFAR, digits)."""
+        For ImageNet-sized images when you give none of the three: the starting weights' own sizes (their
+        transforms' meta), else the recipe's (modern: 176 / 232 / 224). Otherwise unset ones follow from the
+        training crop: validation crop = training crop, resize = crop x 256/224 (torchvision's ratio), or no margin
+        at all below 64 px (CIFAR, digits)."""
         given = (self.image_size, self.val_resize_size, self.val_crop_size)
+        if not small_images and given == (None, None, None) and weights_sizes:
+            return tuple(weights_sizes)  # type: ignore[return-value]
         if not small_images and given == (None, None, None) and self.recipe:
             sizes = tuple(recipe_value(self.recipe, k) for k in SIZE_OPTIONS)
             if None not in sizes:

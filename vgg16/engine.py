@@ -15,6 +15,7 @@ from accelerate.utils import broadcast_object_list, tqdm
 from torch import nn
 
 from .ema import ModelEMA
+from .finetune import Freezing
 from .metrics import ThroughputMeter, new_topk_metric
 from .mixing import BatchMixer
 
@@ -53,10 +54,11 @@ class EpochPlan:
 
 @dataclass
 class StepOptions:
-    """What a recipe adds to the plain step: batch mixing, gradient clipping, the EMA of the weights."""
+    """What a recipe adds to the plain step: batch mixing, gradient clipping, the EMA of the weights, a frozen part."""
     mixer: Optional[BatchMixer] = None
     clip_grad_norm: Optional[float] = None
     ema: Optional[ModelEMA] = None
+    freezing: Optional[Freezing] = None
 
 
 class _NonFiniteWatch:
@@ -93,6 +95,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
     options: mixup/cutmix (the loss then takes soft targets), gradient clipping, EMA update.
     """
     model.train()
+    frozen = options.freezing is not None and options.freezing.hold(plan.epoch)
     # Summed on the device: no host sync per step.
     loss_sum = torch.zeros((), device=accelerator.device)
     window_sum = torch.zeros((), device=accelerator.device)
@@ -116,6 +119,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
             with accelerator.autocast():
                 loss = criterion(model(inputs), targets)
             accelerator.backward(loss)
+            if frozen and accelerator.sync_gradients:
+                options.freezing.drop_gradients()  # after DDP's all-reduce, before clipping and the step
             if options.clip_grad_norm is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), options.clip_grad_norm)  # unscales fp16 first
             optimizer.step()

@@ -14,9 +14,8 @@ from torch import nn
 from torchvision import models
 
 from . import checkpoint as ckpt
-from .data import IMAGENET_MEAN, IMAGENET_STD
-from .errors import UsageError
 from .model import build_model, check_state_dict, head_of, num_classes_of, with_timm_fields
+from .weights import resolve_weights
 
 # What goes to the hub: the model folder, not the training state (checkpoints/ holds optimizer state and RNG).
 UPLOADED = ["model.safetensors", "config.json", "README.md", "results.json", "results.md", "curves.png"]
@@ -102,15 +101,6 @@ class BackgroundPusher:
         self.executor.shutdown()
 
 
-def infer_arch(state_dict: dict) -> str:
-    """The VGG variant of a torchvision state_dict: conv count (8/10/13/16) and batch norm."""
-    convs = sum(1 for k, v in state_dict.items() if k.startswith("features.") and k.endswith(".weight") and v.dim() == 4)
-    depth = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}.get(convs)
-    if depth is None:
-        raise UsageError(f"these weights have {convs} conv layers: not a VGG11/13/16/19")
-    return depth + ("_bn" if any(k.endswith("running_mean") for k in state_dict) else "")
-
-
 class VGGClassifier(models.VGG, PyTorchModelHubMixin, library_name="timm", pipeline_tag="image-classification",
                     license="bsd-3-clause", tags=["vgg", "torchvision", "image-classification"]):
     """torchvision's VGG (the same modules, so the same state_dict keys) with the hub's save/load/push.
@@ -138,19 +128,23 @@ class VGGClassifier(models.VGG, PyTorchModelHubMixin, library_name="timm", pipel
         return from_pretrained(path_or_id)
 
 
-def from_pretrained(path_or_id: str) -> VGGClassifier:
-    """The model, in eval mode, with its config as `model.config`, from one of our folders (any version), a
-    safetensors file of a torchvision state_dict, or a hub model id. Without config.json the arch, class count and
-    head are read off the weights."""
-    state, config = ckpt.resolve_pretrained(str(path_or_id))
-    config = dict(config or {})
-    config.setdefault("arch", infer_arch(state))
+def from_pretrained(path_or_id: str, arch: str = "vgg16") -> VGGClassifier:
+    """The model, in eval mode, with its config as `model.config`, from whatever `--pretrained` takes
+    (vgg16.weights): one of our folders (any version), a safetensors or torchvision .pth file, a timm folder or
+    hub id, a torchvision weights name (of `arch`), or one of our hub ids. Without our config.json the arch,
+    class count, head and input are read off the weights and their meta."""
+    weights = resolve_weights(str(path_or_id), arch)
+    state = weights.state
+    config = dict(weights.config) if "arch" in weights.config else {}
+    config.setdefault("arch", weights.arch)
     config.setdefault("num_classes", num_classes_of(state))
     config.setdefault("head", head_of(state))
-    config.setdefault("image_size", 32 if config["head"] == "small" else 224)
-    config.setdefault("class_names", [str(i) for i in range(config["num_classes"])])
-    config.setdefault("mean", IMAGENET_MEAN)
-    config.setdefault("std", IMAGENET_STD)
+    config.setdefault("image_size", weights.crop or (32 if config["head"] == "small" else 224))
+    config.setdefault("class_names", list(weights.class_names or [str(i) for i in range(config["num_classes"])]))
+    config.setdefault("mean", list(weights.mean))
+    config.setdefault("std", list(weights.std))
+    if weights.resize:
+        config.setdefault("val_resize_size", weights.resize)
     model = VGGClassifier(**config)
     check_state_dict(model, state, str(path_or_id))
     model.load_state_dict(state)

@@ -80,13 +80,15 @@ def _transforms(cfg: TrainConfig, sizes: tuple) -> tuple:
     return train, eval_transform(resize_size=sizes[1], crop_size=sizes[2], interpolation=cfg.interpolation)
 
 
-def build_inputs(cfg: TrainConfig, accelerator, stream_state: Optional[dict] = None) -> Inputs:
-    """stream_state: the `streaming` record of the checkpoint a --streaming run resumes from."""
+def build_inputs(cfg: TrainConfig, accelerator, stream_state: Optional[dict] = None,
+                 weights_sizes: Optional[tuple] = None) -> Inputs:
+    """stream_state: the `streaming` record of the checkpoint a --streaming run resumes from. weights_sizes: the
+    sizes the starting weights were made for (TrainConfig.resolve_sizes)."""
     workers = default_workers(cfg.workers, accelerator.num_processes)
     if cfg.streaming:
-        return _stream_inputs(cfg, accelerator, workers, stream_state)
+        return _stream_inputs(cfg, accelerator, workers, stream_state, weights_sizes)
     if cfg.dataset == "synthetic":
-        sizes = cfg.resolve_sizes(small_images=False)
+        sizes = cfg.resolve_sizes(small_images=False, weights_sizes=weights_sizes)
         classes = [str(i) for i in range(cfg.num_classes or 1000)]
         per_step = cfg.batch_size * accelerator.num_processes
         train = SyntheticImages(100 * per_step * cfg.grad_accum, image_size=sizes[0], num_classes=len(classes), seed=cfg.seed)
@@ -97,7 +99,7 @@ def build_inputs(cfg: TrainConfig, accelerator, stream_state: Optional[dict] = N
             source = load_source(cfg.data, cfg.seed)
         _check_num_classes(cfg, source.name, source.class_names)
         classes, name, notes = source.class_names, source.name, source.notes
-        sizes = cfg.resolve_sizes(source.small_images)
+        sizes = cfg.resolve_sizes(source.small_images, weights_sizes)
         train_tf, val_tf = _transforms(cfg, sizes)
         train = AugmentedDataset(source.train, train_tf, cfg.seed, strict=cfg.strict_data)
         val = AugmentedDataset(source.val, val_tf, cfg.seed, strict=cfg.strict_data)
@@ -149,12 +151,13 @@ def _shared_parquet_source(data: str, accelerator):
     return payload[0]
 
 
-def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Optional[dict]) -> Inputs:
+def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Optional[dict],
+                   weights_sizes: Optional[tuple]) -> Inputs:
     source = _shared_parquet_source(cfg.data, accelerator)
     train_split, val_split = source.train, source.val
     classes = list(train_split.class_names)
     _check_num_classes(cfg, source.name, classes)
-    sizes = cfg.resolve_sizes(_first_image_is_small(train_split))
+    sizes = cfg.resolve_sizes(_first_image_is_small(train_split), weights_sizes)
     train_tf, val_tf = _transforms(cfg, sizes)
     n, rank = accelerator.num_processes, accelerator.process_index
     # The order of an epoch depends on the stream count: a resumed run keeps the one it began with, whatever

@@ -17,22 +17,29 @@ NORM_CLASSES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, norm_weight_decay: Optional[float] = None,
-                     bias_weight_decay: Optional[float] = None) -> list:
+                     bias_weight_decay: Optional[float] = None, backbone_lr: Optional[float] = None) -> list:
     """torchvision's set_weight_decay with custom key "bias": every bias (norm layers' included) takes
     bias_weight_decay when it is given; the remaining parameters of norm layers take norm_weight_decay when it is
-    given; everything else weight_decay. Empty groups are left out."""
-    groups = {"other": ([], weight_decay), "norm": ([], norm_weight_decay), "bias": ([], bias_weight_decay)}
+    given; everything else weight_decay. Empty groups are left out.
+
+    backbone_lr (--backbone-lr-scale, discriminative lr): the same groups again for `model.features`, at this lr,
+    after the classifier's (so param_groups[0], which the progress line shows, is the classifier's)."""
+    backbone = {id(p) for p in model.features.parameters()} if backbone_lr is not None else set()
+    groups: dict = {(part, kind): [] for part in ("head", "backbone") for kind in ("other", "norm", "bias")}
+    decay = {"other": weight_decay, "norm": norm_weight_decay, "bias": bias_weight_decay}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
+            part = "backbone" if id(p) in backbone else "head"
             if bias_weight_decay is not None and name == "bias":
-                groups["bias"][0].append(p)
+                groups[(part, "bias")].append(p)
             elif norm_weight_decay is not None and isinstance(module, NORM_CLASSES):
-                groups["norm"][0].append(p)
+                groups[(part, "norm")].append(p)
             else:
-                groups["other"][0].append(p)
-    return [{"params": params, "weight_decay": wd} for params, wd in groups.values() if params]
+                groups[(part, "other")].append(p)
+    return [{"params": params, "weight_decay": decay[kind], **({"lr": backbone_lr} if part == "backbone" else {})}
+            for (part, kind), params in groups.items() if params]
 
 
 def use_fused(device_type: str, mixed_precision: str) -> bool:
@@ -45,11 +52,13 @@ def use_fused(device_type: str, mixed_precision: str) -> bool:
 
 def build_optimizer(model: nn.Module, *, opt: str = "sgd", lr: float, momentum: float, weight_decay: float,
                     norm_weight_decay: Optional[float] = None, bias_weight_decay: Optional[float] = None,
-                    nesterov: bool = False, fused: bool = False) -> torch.optim.Optimizer:
+                    nesterov: bool = False, fused: bool = False, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """torchvision's --opt choices with its settings (RMSprop eps 0.0316 and alpha 0.9, as it trains).
 
-    fused: one kernel for the whole update on CUDA (SGD, AdamW); otherwise torch picks the multi-tensor path."""
-    groups = parameter_groups(model, weight_decay, norm_weight_decay, bias_weight_decay)
+    fused: one kernel for the whole update on CUDA (SGD, AdamW); otherwise torch picks the multi-tensor path.
+    backbone_lr_scale: the features train at lr x this (the schedule scales both alike)."""
+    groups = parameter_groups(model, weight_decay, norm_weight_decay, bias_weight_decay,
+                              backbone_lr=lr * backbone_lr_scale if backbone_lr_scale != 1.0 else None)
     if opt in ("sgd", "sgd_nesterov"):
         nesterov = nesterov or opt == "sgd_nesterov"
         if nesterov and momentum <= 0:

@@ -52,6 +52,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=49)
+    p.add_argument("--init-from", metavar="FILE.safetensors",
+                   help="start from these torchvision-keyed weights, with a new last layer (fine-tuning every layer)")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -67,6 +69,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
 
     model = small_head_vgg(args.arch, len(train_set.classes), args.dropout)
+    if args.init_from:
+        from safetensors.torch import load_file
+
+        state = {k: v for k, v in load_file(args.init_from).items() if not k.startswith("classifier.6.")}
+        model.load_state_dict(state, strict=False)  # strict but for the new last layer
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     steps_per_epoch = len(train_loader)
     total, warmup = args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)

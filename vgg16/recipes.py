@@ -30,7 +30,7 @@ _COMMON = dict(
     lr_scheduler="step", lr_step_size=30, lr_gamma=0.1, lr_update="step", warmup_epochs=0.0, lr_warmup_method="linear",
     lr_warmup_decay=0.01, lr_min=0.0, label_smoothing=0.0, hflip=0.5, auto_augment=None, random_erase=0.0,
     mixup_alpha=0.0, cutmix_alpha=0.0, model_ema=False, ra_sampler=False, train_crop_size=None, val_resize_size=None,
-    val_crop_size=None,
+    val_crop_size=None, freeze_epochs=0, backbone_lr_scale=1.0,
 )
 
 RECIPES = {
@@ -70,6 +70,15 @@ RECIPES = {
         {**_COMMON, "arch": "vgg16_bn", "epochs": 200, "batch_size": 128, "opt": "sgd_nesterov", "lr": 0.1,
          "weight_decay": 5e-4, "lr_scheduler": "cosine", "warmup_epochs": 1.0, "label_smoothing": 0.1,
          "auto_augment": "cifar10"},
+    ),
+    "finetune": Recipe(
+        "finetune",
+        "from ImageNet (or any) weights on a dataset of its own; the default with --pretrained",
+        "fastai's fine_tune (1 epoch with the body frozen, then all layers at a lower backbone lr) and Keras' "
+        "transfer-learning guide (frozen BatchNorm)",
+        "MEASURED",
+        {**_COMMON, "arch": "vgg16", "epochs": 10, "batch_size": 32, "lr": 0.01, "weight_decay": 1e-4,
+         "lr_scheduler": "cosine", "warmup_epochs": 0.0, "freeze_epochs": 1, "backbone_lr_scale": 0.1},
     ),
     "digits": Recipe(
         "digits",

@@ -33,6 +33,9 @@ from .launch import synchronize, assert_processes_agree, device_name, make_accel
 from .report import plot_curves, write_results_md
 from .metrics import ThroughputMeter
 from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of
+from .finetune import Freezing, freezing_for, load_start
+from .recipes import recipe_value
+from .weights import Weights, resolve_weights
 from .mixing import BatchMixer
 from .optim import use_fused, build_optimizer, build_scheduler, lr_factor, position_scheduler
 
@@ -51,6 +54,10 @@ def _check_output_dir(path: Path) -> None:
         raise UsageError(f"--output-dir {path} is not writable ({e.strerror}): choose another folder") from None
 
 
+def _rounded(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
 def _extras(cfg: TrainConfig) -> list:
     """The recipe options in force, for the start-up line."""
     return [(f"auto-augment {cfg.auto_augment}", cfg.auto_augment), (f"random erase {cfg.random_erase:g}", cfg.random_erase),
@@ -61,23 +68,26 @@ def _extras(cfg: TrainConfig) -> list:
             (f"clip grad norm {cfg.clip_grad_norm or 0:g}", cfg.clip_grad_norm)]
 
 
-def _load_weights(cfg: TrainConfig, model: nn.Module, num_classes: int, log) -> None:
-    """--pretrained (or --resume with --evaluate) into the model before prepare."""
-    if cfg.evaluate and cfg.resume:
-        state = ckpt.read_weights(Path(cfg.resume) / ckpt.WEIGHTS)
-        source = f"--resume {cfg.resume}"
-    else:
-        state, _ = ckpt.resolve_pretrained(cfg.pretrained)
-        source = f"--pretrained {cfg.pretrained}"
-    theirs = num_classes_of(state)
-    if theirs != num_classes:
-        if cfg.evaluate:
-            raise UsageError(f"{source} has {theirs} classes but the data has {num_classes}: evaluation needs "
-                             "weights trained on these classes")
-        log(f"{source} has {theirs} classes, the data {num_classes}: replacing the last layer (classifier.6)")
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith("classifier.6.")})
-    check_state_dict(model, state, source)
+def _start_weights(cfg: TrainConfig, accelerator) -> tuple[TrainConfig, Optional[Weights]]:
+    """--pretrained resolved (one download per machine: the local main process first), and the config with the
+    weights' architecture unless --arch chose one."""
+    if cfg.pretrained is None or (cfg.evaluate and cfg.resume):
+        return cfg, None
+    with accelerator.local_main_process_first():
+        weights = resolve_weights(cfg.pretrained, cfg.arch or recipe_value(cfg.recipe, "arch"))
+    if cfg.arch and cfg.arch != weights.arch:
+        raise UsageError(f"--pretrained {cfg.pretrained} holds {weights.arch} weights, but --arch is {cfg.arch}: "
+                         f"drop --arch (the weights decide it) or give {weights.arch} weights")
+    return dataclasses.replace(cfg, arch=weights.arch), weights
+
+
+def _load_checkpoint_weights(cfg: TrainConfig, model: nn.Module, num_classes: int) -> None:
+    """--evaluate --resume CHECKPOINT: that checkpoint's weights, which must fit these classes."""
+    state = ckpt.read_weights(Path(cfg.resume) / ckpt.WEIGHTS)
+    if num_classes_of(state) != num_classes:
+        raise UsageError(f"--resume {cfg.resume} has {num_classes_of(state)} classes but the data has {num_classes}: "
+                         "evaluation needs weights trained on these classes")
+    check_state_dict(model, state, f"--resume {cfg.resume}")
     model.load_state_dict(state)
 
 
@@ -93,18 +103,28 @@ def run(cfg: TrainConfig) -> dict:
                                                if isinstance(v, (int, float, str, bool))})
     set_seed(cfg.seed)  # before the model is built: the seed decides the initial weights
 
+    cfg, weights = _start_weights(cfg, accelerator)
     stream_state = ckpt.read_trainer_state(cfg.resume).get("streaming") if cfg.streaming and cfg.resume \
         and not cfg.evaluate else None
-    inputs = build_inputs(cfg, accelerator, stream_state)
+    inputs = build_inputs(cfg, accelerator, stream_state, weights.sizes if weights else None)
     classes, dataset_name, (image_size, val_resize, val_crop) = inputs.class_names, inputs.name, inputs.sizes
     head = head_for(image_size)
-    model_config = {"arch": cfg.arch, "num_classes": len(classes), "image_size": image_size, "head": head,
-                    "dropout": cfg.dropout, "class_names": classes, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                    "val_resize_size": val_resize, "val_crop_size": val_crop, "interpolation": cfg.interpolation,
-                    "recipe": cfg.recipe, "weights": "model", "library": "vgg16"}
+    mean, std = (weights.mean, weights.std) if weights else (IMAGENET_MEAN, IMAGENET_STD)
     model = build_model(cfg.arch, len(classes), head=head, dropout=cfg.dropout)
-    if cfg.pretrained or (cfg.evaluate and cfg.resume):
-        _load_weights(cfg, model, len(classes), log)
+    started_from = None
+    if weights is not None:
+        started_from = load_start(model, weights, class_names=classes, head=head, evaluate=cfg.evaluate)
+    elif cfg.evaluate and cfg.resume:
+        _load_checkpoint_weights(cfg, model, len(classes))
+    freezing = freezing_for(model, cfg.freeze_features, 0 if cfg.evaluate else cfg.freeze_epochs)
+    model_config = {"arch": cfg.arch, "num_classes": len(classes), "image_size": image_size, "head": head,
+                    "dropout": cfg.dropout, "class_names": classes, "mean": list(mean), "std": list(std),
+                    "val_resize_size": val_resize, "val_crop_size": val_crop, "interpolation": cfg.interpolation,
+                    "recipe": cfg.recipe, "weights": "model", "library": "vgg16",
+                    **({"pretrained": weights.source, "started_from": started_from} if weights else {}),
+                    **({"base_model": weights.hub_id} if weights and weights.hub_id else {}),
+                    **({"frozen": freezing.describe()} if freezing else {}),
+                    **({"backbone_lr_scale": cfg.backbone_lr_scale} if cfg.backbone_lr_scale != 1.0 else {})}
     if inputs.val_images < accelerator.num_processes:
         raise UsageError(f"{inputs.val_images} validation image(s) for {accelerator.num_processes} processes: every "
                          "process needs at least one; launch fewer processes or use a larger validation split")
@@ -117,6 +137,8 @@ def run(cfg: TrainConfig) -> dict:
         log(f"note: {note}")
     log(f"{cfg.arch} ({head} head, {count_parameters(model) / 1e6:.1f}M parameters) on {dataset_name}: "
         f"{inputs.train_images} train / {inputs.val_images} val images, {len(classes)} classes, {image_size} px")
+    if started_from:
+        log(f"pretrained: {started_from}; input mean {_rounded(mean)} std {_rounded(std)}")
     log(f"{accelerator.num_processes} process(es) on {accelerator.device.type}, {accelerator.mixed_precision} precision, "
         f"global batch {global_batch} ({cfg.batch_size} x {accelerator.num_processes} x {cfg.grad_accum}), "
         f"{workers} workers per process")
@@ -124,7 +146,9 @@ def run(cfg: TrainConfig) -> dict:
         + (f" (--lr {cfg.lr:g} x global batch {global_batch} / {LR_REFERENCE_BATCH}, linear scaling)"
            if cfg.lr_scale_by_batch else "")
         + f", {cfg.lr_scheduler} schedule, {cfg.epochs} epochs; train crop {image_size}, val {val_resize} -> {val_crop}"
-        + "".join(f", {name}" for name, on in _extras(cfg) if on))
+        + "".join(f", {name}" for name, on in _extras(cfg) if on)
+        + (f", frozen: {freezing.describe()}" if freezing else "")
+        + (f", features at lr x {cfg.backbone_lr_scale:g}" if cfg.backbone_lr_scale != 1.0 else ""))
     results = {"arch": cfg.arch, "dataset": dataset_name, "image_size": image_size, "head": head,
                "num_classes": len(classes), "train_images": inputs.train_images, "global_batch_size": global_batch,
                "per_process_batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
@@ -132,8 +156,9 @@ def run(cfg: TrainConfig) -> dict:
                "device": accelerator.device.type, "device_name": device_name(accelerator),
                "torch": torch.__version__, "accelerate": accelerate.__version__, "lr": lr, "base_lr": cfg.lr,
                "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "recipe": cfg.recipe,
+               **({"pretrained": weights.source} if weights else {}),
                "command": " ".join(sys.argv)}
-    normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, accelerator.device, channels_last=cfg.channels_last)
+    normalize = Normalizer(mean, std, accelerator.device, channels_last=cfg.channels_last)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -151,14 +176,14 @@ def run(cfg: TrainConfig) -> dict:
                              "lower --batch-size")
         optimizer = build_optimizer(model, opt=cfg.opt, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     norm_weight_decay=cfg.norm_weight_decay, bias_weight_decay=cfg.bias_weight_decay,
-                                    nesterov=cfg.nesterov,
+                                    nesterov=cfg.nesterov, backbone_lr_scale=cfg.backbone_lr_scale,
                                     fused=use_fused(accelerator.device.type, accelerator.mixed_precision))
         model, optimizer, train_loader, val_loader = inputs.prepare(accelerator, model, optimizer)
         pusher = BackgroundPusher(cfg.hub_model_id, cfg.hub_private, log) \
             if cfg.hub_strategy == "every_save" and accelerator.is_main_process else None
         try:
             _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, inputs, model_config,
-                 results, log, pusher)
+                 results, log, pusher, freezing)
         finally:
             if pusher is not None:
                 pusher.close()
@@ -167,7 +192,8 @@ def run(cfg: TrainConfig) -> dict:
 
 
 def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, inputs: Inputs,
-         model_config: dict, results: dict, log, pusher: Optional[BackgroundPusher] = None) -> None:
+         model_config: dict, results: dict, log, pusher: Optional[BackgroundPusher] = None,
+         freezing: Optional[Freezing] = None) -> None:
     """The epoch loop: train, evaluate, checkpoint, export, update results (in place) after every epoch."""
     output_dir = Path(cfg.output_dir)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
@@ -176,9 +202,11 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
     factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
                        warmup_steps=round(warmup * steps_per_epoch), step_size=cfg.lr_step_size, gamma=cfg.lr_gamma,
                        warmup_method=cfg.lr_warmup_method, warmup_decay=cfg.lr_warmup_decay,
-                       min_factor=cfg.lr_min / optimizer.defaults["lr"], per_epoch=per_epoch)
+                       min_factor=cfg.lr_min / optimizer.defaults["lr"] if optimizer.defaults["lr"] else 0.0,
+                       per_epoch=per_epoch)
     scheduler = build_scheduler(optimizer, factor)
-    options = _step_options(cfg, accelerator, model, len(model_config["class_names"]))
+    options = dataclasses.replace(_step_options(cfg, accelerator, model, len(model_config["class_names"])),
+                                  freezing=freezing)
     if options.ema is not None:
         accelerator.register_for_checkpointing(options.ema)  # before load_state: the average resumes too
     start_epoch, step_in_epoch, global_step, best_acc1 = 0, 0, 0, 0.0
