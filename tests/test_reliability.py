@@ -1,7 +1,6 @@
 """Kills, bad images, bad checkpoints, full disks and diverging runs: none of them may cost a run or a checkpoint."""
 
 import json
-import os
 import shutil
 
 import pytest

@@ -4,7 +4,6 @@ and discriminative lr, exact over processes and kills; features with a linear pr
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -69,9 +68,9 @@ def test_bare_pretrained_trains_from_torchvisions_cached_file(data, torch_home, 
     assert tuned["classifier.6.weight"].shape == (3, 4096)
     config = json.loads((out / "config.json").read_text())
     assert config["pretrained"].startswith("torchvision VGG11_Weights.IMAGENET1K_V1")
-    # The sizes of the weights' own transforms (no size was given), and the recipe's frozen first epoch.
+    # The sizes of the weights' own transforms (no size was given); the finetune recipe freezes nothing.
     assert (config["image_size"], config["val_resize_size"], config["val_crop_size"]) == (224, 256, 224)
-    assert config["frozen"] == "features.* for 1 epoch(s)"
+    assert "frozen" not in config
     assert "- started from: loaded torchvision VGG11_Weights.IMAGENET1K_V1" in (out / "README.md").read_text()
 
 
@@ -195,6 +194,8 @@ def test_freeze_features_keeps_every_feature_tensor_and_statistic(data, small_st
     assert any("running_mean" in k for k in features)
     assert all(torch.equal(tuned[k], start[k]) for k in features)
     assert not torch.equal(tuned["classifier.0.weight"], start["classifier.0.weight"])
+    assert json.loads((out / "config.json").read_text())["frozen"] == "features.*"
+    assert "- frozen: features.*" in (out / "README.md").read_text()
 
 
 def test_freeze_epochs_two_processes_equal_one_with_twice_the_batch(data, tmp_path):
@@ -220,8 +221,8 @@ def test_freeze_epochs_two_processes_equal_one_with_twice_the_batch(data, tmp_pa
 
 
 def test_sigkill_in_the_frozen_epoch_and_after_resumes_bit_for_bit(data, small_start, tmp_path):
-    args = ["--data", str(data), "--pretrained", str(small_start), *SMALL[:2], "-p", "1", "-b", "4", "-j", "1",
-            "--epochs", "2", "--lr", "0.05", "--checkpoint-every", "2", "--keep-checkpoints", "10"]
+    args = ["--data", str(data), "--pretrained", str(small_start), *SMALL, "-b", "4", "--epochs", "2", "--lr", "0.05",
+            "--freeze-epochs", "1", "--backbone-lr-scale", "0.5", "--checkpoint-every", "2", "--keep-checkpoints", "10"]
     reference = tmp_path / "reference"
     _ok(run_cli(*args, "--output-dir", str(reference)))
     killed = tmp_path / "killed"
@@ -237,8 +238,7 @@ def test_sigkill_in_the_frozen_epoch_and_after_resumes_bit_for_bit(data, small_s
 def test_features_under_two_processes_write_each_image_once_and_probe(data, small_start, tmp_path):
     import datasets
 
-    sorted((data / "val" / "eel").iterdir())[-1]  # 12 val images, batch 5 x 2 processes: padding to remove
-    out = tmp_path / "f"
+    out = tmp_path / "f"  # 24 train and 12 val images, batch 5 x 2 processes: padded last batches to remove
     cmd, env = cli_command(launcher=("accelerate", "launch", "--multi_gpu", "--num_processes", "2"), env=CPU)
     cmd = [*cmd[:-1], "-m", "vgg16.features", "--pretrained", str(small_start), "--data", str(data), "--layer", "fc7",
            "--image-size", "32", "-b", "5", "-j", "0", "--output", str(out), "--linear-probe"]
@@ -256,7 +256,7 @@ def test_pretrained_defaults_to_the_finetune_recipe():
     from vgg16.cli import parse_args
 
     cfg = parse_args(["--data", "x", "--pretrained"])
-    assert (cfg.recipe, cfg.freeze_epochs, cfg.arch) == ("finetune", 1, None)  # arch: the weights'
+    assert (cfg.recipe, cfg.freeze_epochs, cfg.arch) == ("finetune", 0, None)  # arch: the weights'
     assert parse_args(["--data", "x", "--pretrained", "--freeze-features"]).freeze_epochs == 0
     assert parse_args(["--data", "x", "--pretrained", "--recipe", "torchvision"]).freeze_epochs == 0
     with pytest.raises(UsageError, match="keep one"):
