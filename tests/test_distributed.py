@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, cli_command, make_image_folder, run_cli
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from vgg16.model import build_model
 from vgg16.runner import main
 
 # OMP_NUM_THREADS=1 as `accelerate launch` sets it: each process then takes its share of the cores (1 of 2 with
@@ -67,15 +68,27 @@ def two_process_run(data, tmp_path_factory):
 
 
 def test_two_processes_train_the_same_model_as_one_with_twice_the_batch(data, tmp_path):
+    """From given weights with the features frozen in epoch 1, then every layer (features at half the lr) in
+    epoch 2: the features must still be all-reduced after the unfreeze, or the two runs part."""
+    torch.manual_seed(11)
+    start = build_model("vgg11", 3, head="small", dropout=0.0).state_dict()
+    save_file(start, str(tmp_path / "start.safetensors"))
+    args = ["--data", str(data), *PLAIN, "--epochs", "2", "--pretrained", str(tmp_path / "start.safetensors"),
+            "--freeze-epochs", "1", "--backbone-lr-scale", "0.5"]
     out2 = tmp_path / "two"
-    _ok(run_cli("--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(out2),
-                launcher=launcher(2), env={**CPU, **ONE_THREAD}))
+    _ok(run_cli(*args, "-b", "4", "--output-dir", str(out2), launcher=launcher(2), env={**CPU, **ONE_THREAD}))
     tmp_path = tmp_path / "one"
-    _ok(run_cli("--data", str(data), *PLAIN, "-b", "8", "--epochs", "2", "--output-dir", str(tmp_path), env=ONE_THREAD))
+    _ok(run_cli(*args, "-b", "8", "--output-dir", str(tmp_path), env=ONE_THREAD))
     r1, r2 = _results(tmp_path), _results(out2)
     assert (r2["num_processes"], r2["global_batch_size"], r2["per_process_batch_size"]) == (2, 8, 4)
     assert (r1["num_processes"], r1["global_batch_size"], r1["steps"]) == (1, 8, r2["steps"])
     _weights_close(tmp_path, out2)
+    after_frozen = load_file(str(out2 / "checkpoints" / "epoch_0001" / "model.safetensors"))
+    final = load_file(str(out2 / "model.safetensors"))
+    features = [k for k in start if k.startswith("features.")]
+    assert all(torch.equal(after_frozen[k], start[k]) for k in features)  # epoch 1: frozen
+    assert not torch.equal(after_frozen["classifier.6.weight"], start["classifier.6.weight"])
+    assert not any(torch.equal(final[k], start[k]) for k in features)  # epoch 2: every feature tensor trained
 
 
 def test_only_the_main_process_writes_and_prints(two_process_run):

@@ -1,5 +1,6 @@
-"""Transfer learning: ImageNet weights from torchvision's cache, timm's folders and hub ids, .pth files; freezing
-and discriminative lr, exact over processes and kills; features with a linear probe."""
+"""Transfer learning: ImageNet weights from torchvision's cache, timm's folders and hub ids, .pth files; freezing;
+features with a linear probe. --freeze-epochs and --backbone-lr-scale across processes: test_distributed's 1 vs 2
+process test; across SIGKILLs in the frozen epoch and after it: test_recipes' every-option test."""
 
 import argparse
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_command, kill_when, make_image_folder, run_cli
+from conftest import ROOT, cli_command, make_image_folder
 from safetensors.torch import load_file, save_file
 from torchvision import models
 
@@ -19,7 +20,6 @@ from vgg16.weights import resolve_weights
 
 SMALL = ["--image-size", "32", "-j", "0", "-p", "1"]
 CPU = {"ACCELERATE_USE_CPU": "1"}
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def _ok(done):
@@ -170,6 +170,12 @@ def test_pth_files_are_read_without_running_code(tmp_path):
         resolve_weights(str(tmp_path / "with_args.pth"), "vgg16")
 
 
+def test_an_arch_that_contradicts_the_weights_is_one_line(small_start, tmp_path, capsys):
+    assert main(["--pretrained", str(small_start), "-a", "vgg16", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds vgg11_bn weights, but --arch is vgg16" in err
+
+
 @pytest.fixture(scope="module")
 def small_start(tmp_path_factory):
     """Weights of a small-head VGG11-BN, as a bare safetensors file."""
@@ -196,43 +202,6 @@ def test_freeze_features_keeps_every_feature_tensor_and_statistic(data, small_st
     assert not torch.equal(tuned["classifier.0.weight"], start["classifier.0.weight"])
     assert json.loads((out / "config.json").read_text())["frozen"] == "features.*"
     assert "- frozen: features.*" in (out / "README.md").read_text()
-
-
-def test_freeze_epochs_two_processes_equal_one_with_twice_the_batch(data, tmp_path):
-    """Frozen in epoch 1, every layer (features at half the lr) in epoch 2: the features must be all-reduced
-    after the unfreeze, or the two runs part."""
-    torch.manual_seed(11)
-    start = build_model("vgg11", 3, head="small", dropout=0.0).state_dict()
-    save_file(start, str(tmp_path / "start.safetensors"))
-    args = ["--data", str(data), "--pretrained", str(tmp_path / "start.safetensors"), "--dropout", "0", *SMALL,
-            "--lr", "0.02", "--epochs", "2", "--freeze-epochs", "1", "--backbone-lr-scale", "0.5"]
-    two, one = tmp_path / "two", tmp_path / "one"
-    _ok(run_cli(*args, "-b", "4", "--output-dir", str(two), env={**CPU, **ONE_THREAD},
-                launcher=("accelerate", "launch", "--multi_gpu", "--num_processes", "2")))
-    _ok(run_cli(*args, "-b", "8", "--output-dir", str(one), env=ONE_THREAD))
-    w1, w2 = _weights(one), _weights(two)
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
-    after_frozen = load_file(str(two / "checkpoints" / "epoch_0001" / "model.safetensors"))
-    features = [k for k in start if k.startswith("features.")]
-    assert all(torch.equal(after_frozen[k], start[k]) for k in features)  # epoch 1: frozen
-    assert not torch.equal(after_frozen["classifier.6.weight"], start["classifier.6.weight"])
-    assert not any(torch.equal(w2[k], start[k]) for k in features)  # epoch 2: every feature tensor trained
-
-
-def test_sigkill_in_the_frozen_epoch_and_after_resumes_bit_for_bit(data, small_start, tmp_path):
-    args = ["--data", str(data), "--pretrained", str(small_start), *SMALL, "-b", "4", "--epochs", "2", "--lr", "0.05",
-            "--freeze-epochs", "1", "--backbone-lr-scale", "0.5", "--checkpoint-every", "2", "--keep-checkpoints", "10"]
-    reference = tmp_path / "reference"
-    _ok(run_cli(*args, "--output-dir", str(reference)))
-    killed = tmp_path / "killed"
-    # 6 steps an epoch: step 2 is in the frozen epoch 1, step 8 in epoch 2.
-    kill_when(killed / "checkpoints" / "step_000000002", *args, "--output-dir", str(killed))
-    kill_when(killed / "checkpoints" / "step_000000008", *args, "--output-dir", str(killed), "--resume", "auto")
-    done = _ok(run_cli(*args, "--output-dir", str(killed), "--resume", "auto"))
-    assert "epoch 2, step 2 of 6" in done.stdout
-    w_ref, w_killed = _weights(reference), _weights(killed)
-    assert all(torch.equal(w_ref[k], w_killed[k]) for k in w_ref)
 
 
 def test_features_under_two_processes_write_each_image_once_and_probe(data, small_start, tmp_path):

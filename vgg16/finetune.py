@@ -1,5 +1,6 @@
-"""Starting from other weights: what of them goes into the model, and which part trains when.
+"""Starting from other weights: which weights, what of them goes into the model, and which part trains when.
 
+- `start_weights`: --pretrained resolved (vgg16.weights) and the run's architecture taken from the weights.
 - `load_start`: the weights into a freshly built model, replacing what does not fit this run (the last layer
   for other classes; the whole classifier for another head or for weights whose classifier is not valid), and
   saying what it did.
@@ -17,14 +18,31 @@ those parameters, their momentum and weight decay untouched, and DDP's all-reduc
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 from torch import nn
 
+from .config import TrainConfig
 from .errors import UsageError
 from .model import check_state_dict, head_of, num_classes_of
-from .weights import Weights
+from .recipes import recipe_value
+from .weights import Weights, resolve_weights
+
+
+def start_weights(cfg: TrainConfig, accelerator) -> tuple[TrainConfig, Optional[Weights]]:
+    """--pretrained resolved (one download per machine: the local main process first), and the config with the
+    weights' architecture unless --arch chose one."""
+    if cfg.pretrained is None or (cfg.evaluate and cfg.resume):
+        return cfg, None
+    with accelerator.local_main_process_first():
+        weights = resolve_weights(cfg.pretrained, cfg.arch or recipe_value(cfg.recipe, "arch"))
+    if cfg.arch and cfg.arch != weights.arch:
+        raise UsageError(f"--pretrained {cfg.pretrained} holds {weights.arch} weights, but --arch is {cfg.arch}: "
+                         f"drop --arch (the weights decide it) or give {weights.arch} weights")
+    return dataclasses.replace(cfg, arch=weights.arch), weights
+
 
 BACKBONE = "features."
 

@@ -33,9 +33,7 @@ from .launch import synchronize, assert_processes_agree, device_name, make_accel
 from .report import plot_curves, write_results_md
 from .metrics import ThroughputMeter
 from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of
-from .finetune import Freezing, freezing_for, load_start
-from .recipes import recipe_value
-from .weights import Weights, resolve_weights
+from .finetune import Freezing, freezing_for, load_start, start_weights
 from .mixing import BatchMixer
 from .optim import use_fused, build_optimizer, build_scheduler, lr_factor, position_scheduler
 
@@ -68,19 +66,6 @@ def _extras(cfg: TrainConfig) -> list:
             (f"clip grad norm {cfg.clip_grad_norm or 0:g}", cfg.clip_grad_norm)]
 
 
-def _start_weights(cfg: TrainConfig, accelerator) -> tuple[TrainConfig, Optional[Weights]]:
-    """--pretrained resolved (one download per machine: the local main process first), and the config with the
-    weights' architecture unless --arch chose one."""
-    if cfg.pretrained is None or (cfg.evaluate and cfg.resume):
-        return cfg, None
-    with accelerator.local_main_process_first():
-        weights = resolve_weights(cfg.pretrained, cfg.arch or recipe_value(cfg.recipe, "arch"))
-    if cfg.arch and cfg.arch != weights.arch:
-        raise UsageError(f"--pretrained {cfg.pretrained} holds {weights.arch} weights, but --arch is {cfg.arch}: "
-                         f"drop --arch (the weights decide it) or give {weights.arch} weights")
-    return dataclasses.replace(cfg, arch=weights.arch), weights
-
-
 def _load_checkpoint_weights(cfg: TrainConfig, model: nn.Module, num_classes: int) -> None:
     """--evaluate --resume CHECKPOINT: that checkpoint's weights, which must fit these classes."""
     state = ckpt.read_weights(Path(cfg.resume) / ckpt.WEIGHTS)
@@ -103,7 +88,7 @@ def run(cfg: TrainConfig) -> dict:
                                                if isinstance(v, (int, float, str, bool))})
     set_seed(cfg.seed)  # before the model is built: the seed decides the initial weights
 
-    cfg, weights = _start_weights(cfg, accelerator)
+    cfg, weights = start_weights(cfg, accelerator)
     stream_state = ckpt.read_trainer_state(cfg.resume).get("streaming") if cfg.streaming and cfg.resume \
         and not cfg.evaluate else None
     inputs = build_inputs(cfg, accelerator, stream_state, weights.sizes if weights else None)
