@@ -64,10 +64,13 @@ def _model(weights: Weights, layer: str) -> torch.nn.Module:
     return create_feature_extractor(model.eval(), return_nodes={LAYERS[layer]: "out"})
 
 
-def _paths(split) -> list:
-    """Each row's file path where the images are files (image folders), else None."""
-    raw = split.cast_column("image", datasets.Image(decode=False))["image"]
-    return [r.get("path") if isinstance(r, dict) else None for r in raw]
+def _paths(split) -> Optional[list]:
+    """Each row's file path where the images are files (image folders); None where they are bytes in the data
+    (parquet, CIFAR, the digits): reading the column would load every image, and the row number names them."""
+    raw = split.cast_column("image", datasets.Image(decode=False))
+    if len(raw) == 0 or raw[0]["image"].get("bytes"):
+        return None
+    return [r["path"] for r in raw["image"]]
 
 
 def extract(accelerator: Accelerator, model, split, class_names: list, out: Path, *, sizes: tuple, mean, std,
@@ -78,7 +81,7 @@ def extract(accelerator: Accelerator, model, split, class_names: list, out: Path
                         num_workers=workers, pin_memory=accelerator.device.type != "cpu")
     loader = accelerator.prepare_data_loader(loader)
     normalize = Normalizer(mean, std, accelerator.device)
-    paths = _paths(split) if accelerator.is_main_process else []
+    paths = _paths(split) if accelerator.is_main_process else None
     writer, written = None, 0
     for images, labels, _, rows in tqdm(loader, desc=desc, main_process_only=True):
         with torch.no_grad(), accelerator.autocast():
@@ -93,7 +96,7 @@ def extract(accelerator: Accelerator, model, split, class_names: list, out: Path
             writer = ParquetWriter(features=schema, path=str(out))
         rows = rows.cpu().tolist()
         writer.write_batch({"features": list(features.cpu().numpy()), "label": labels.cpu().tolist(), "row": rows,
-                            "path": [paths[r] for r in rows]})
+                            "path": [paths[r] for r in rows] if paths else [None] * len(rows)})
         written += len(rows)
     if writer is not None:
         writer.finalize()

@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
+from huggingface_hub import is_offline_mode
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UsageError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
 # Read from hub repos that have no safetensors file (older timm uploads); loaded with weights_only=True.
@@ -110,10 +109,6 @@ def _torchvision_enum(spec: str, arch: str):
     return None
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def _from_torchvision(member) -> Weights:
     """torchvision's own weights through its weights API and cache. Like torchvision, the hash in the file name
     is checked when the file is downloaded, not on every read of the cache."""
@@ -121,7 +116,8 @@ def _from_torchvision(member) -> Weights:
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     label = f"torchvision {type(member).__name__}.{member.name}"
     where = f"download {url} and put it in {folder} (or set TORCH_HOME)"
-    if not (folder / name).exists() and _offline():
+    # HF_HUB_OFFLINE (huggingface_hub's switch, which `datasets` follows too) also keeps torchvision from trying.
+    if not (folder / name).exists() and is_offline_mode():
         raise UsageError(f"--pretrained: {label} is {name}, not in {folder} and the hub is offline: {where}")
     try:
         state = member.get_state_dict(progress=False, check_hash=True, weights_only=True)
