@@ -227,6 +227,8 @@ def test_every_option_at_once_survives_sigkill_bitwise(tmp_path):
     assert r["steps"] == 16 and {"ema_acc1", "ema_acc5", "exported_weights"} <= set(r)
     assert all("ema_acc1" in h for h in r["history"])
     assert json.loads((reference / "config.json").read_text())["weights"] == r["exported_weights"]
+    # 16 steps, a save every 3 and at each epoch's end: the newest two remain, the newest is the end of epoch 2.
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["epoch_0002", "step_000000015"]
 
     killed = tmp_path / "killed"
     # Killed mid-epoch 1 (inside the warm-up, features frozen), resumed and killed again mid-epoch 2 (unfrozen).
