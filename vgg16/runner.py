@@ -322,6 +322,13 @@ def _profiler(cfg: TrainConfig, accelerator, output_dir: Path, first: bool):
     return accelerator.profile(handler)
 
 
+def _say_error(message: str) -> None:
+    """One write of the whole line: print() writes the text and the newline apart, so two processes failing at
+    once on one pipe could run their lines together."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
@@ -334,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # process: the first process of each machine says it, instead of N copies.
         if not (isinstance(e, UsageError) and not torch.distributed.is_initialized()
                 and os.environ.get("LOCAL_RANK", "0") != "0"):
-            print(f"error: {process_label()}{one_line(e)}", file=sys.stderr, flush=True)
+            _say_error(f"{process_label()}{one_line(e)}")
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         return 130
@@ -342,8 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cause = lost_a_peer(e)
         if debug or not cause:
             raise
-        print(f"error: {process_label()}another process of this job ended, so this one stops too ({cause}); "
-              "that process's own error line says why (a process killed by a signal, or a lost machine, has none)",
-              file=sys.stderr, flush=True)
+        _say_error(f"{process_label()}another process of this job ended, so this one stops too ({cause}); "
+                   "that process's own error line says why (a process killed by a signal, or a lost machine, has none)")
         return 1
     return 0
