@@ -252,3 +252,30 @@ def test_a_failed_save_on_rank_0_ends_both_processes_at_once_with_one_line_each(
                for line in errors), log[-3000:]
     # No traceback from the training processes (torchelastic's own report of the failure follows ours).
     assert not [line for line in log.splitlines() if line.startswith("[rank") and "Traceback" in line], log[-3000:]
+
+
+def test_sigterm_to_the_launcher_stops_both_processes_at_one_step_and_they_resume_to_the_same_weights(
+        data, two_process_run, tmp_path):
+    """What SLURM's and Kubernetes' notice does: torchelastic passes the launcher's SIGTERM to its workers, which
+    agree on a step, write one checkpoint there and stop with a line each (EXIT_PREEMPTED each; the launcher then
+    exits 1, re-raising its own signal); --resume auto ends on the uninterrupted run's weights."""
+    out, _ = two_process_run
+    args = ["--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(tmp_path)]
+    proc = _popen(["--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port())], *args)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("epoch 1/2 [torchvision]  step 1/3"):
+            os.kill(proc.pid, signal.SIGTERM)
+            break
+    log = "".join(lines) + proc.communicate(timeout=300)[0]
+    stopped = _results(tmp_path)["stopped"]
+    stops = sorted(line for line in log.splitlines() if line.startswith("rank ") and "stopping at step" in line)
+    assert stops == [f"rank {r} of 2: stopping at step {stopped['step']} on SIGTERM: checkpoint {stopped['checkpoint']}; "
+                     "resume with --resume auto" for r in (0, 1)], log[-3000:]
+    assert proc.returncode == 1, log[-3000:]
+    assert (tmp_path / "checkpoints" / f"step_{stopped['step']:09d}").is_dir() and stopped["step"] < 3
+
+    done = _ok(run_cli(*args, "--resume", "auto", launcher=launcher(2), env=CPU))
+    assert "resumed from" in done.stdout
+    _weights_close(tmp_path, out, exact=True)

@@ -72,6 +72,11 @@ def list_checkpoints(checkpoints_dir: Path) -> list:
     return [p for _, _, p in sorted(found)]
 
 
+def newest_epoch_checkpoint(output_dir: Path) -> Optional[Path]:
+    found = [p for p in list_checkpoints(Path(output_dir) / "checkpoints") if p.name.startswith("epoch_")]
+    return found[-1] if found else None
+
+
 def latest_checkpoint(output_dir: Path) -> Optional[Path]:
     found = list_checkpoints(Path(output_dir) / "checkpoints")
     return found[-1] if found else None

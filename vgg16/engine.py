@@ -88,8 +88,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
     """Run `plan.steps` optimizer steps; return mean loss (over all processes), steps, images, bad images and
     fp16-skipped steps.
 
-    `after_step(step_in_epoch, global_step, ensure_finite)` runs after each optimizer step but an epoch's last
-    (mid-epoch checkpoints); before saving anything it calls `ensure_finite()`, which raises if a loss was inf/nan.
+    `after_step(step_in_epoch, global_step, ensure_finite) -> stop` runs after each optimizer step but an epoch's
+    last (mid-epoch checkpoints, the stop check); before saving anything it calls `ensure_finite()`, which raises if
+    a loss was inf/nan. When it returns True the epoch ends there ("stopped" in the result).
     progress: a bar on the main process (for terminals) instead of a log line every print_freq steps.
     prepare_batch: loader batch -> (uint8 images, labels, bad) on the device (--gpu-decode decodes here).
     options: mixup/cutmix (the loss then takes soft targets), gradient clipping, EMA update.
@@ -103,6 +104,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
     # fp16's scaler skips steps with inf/nan gradients itself; in fp32/bf16 a non-finite loss ends the run.
     watch = _NonFiniteWatch(accelerator.device) if accelerator.mixed_precision != "fp16" else None
     window_steps = steps = micro = skipped = step_images = images_seen = 0
+    stopped = False
     meter.begin_epoch(plan.steps)
     where = f"epoch {plan.epoch + 1}/{plan.epochs}" + (f" [{plan.recipe}]" if plan.recipe else "")
     bar = tqdm(total=plan.first_step + plan.steps, initial=plan.first_step, disable=not progress,
@@ -164,17 +166,17 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
             window_steps = 0
         if steps >= plan.steps:
             break
-        if after_step is not None:
-            after_step(step_in_epoch, plan.global_step + steps,
-                       (lambda: watch.check(plan.epoch)) if watch is not None else (lambda: None))
+        if after_step is not None and after_step(step_in_epoch, plan.global_step + steps,
+                                                 (lambda: watch.check(plan.epoch)) if watch is not None else (lambda: None)):
+            stopped = True
+            break
     bar.close()
     meter.end_epoch()
     if watch is not None:
         watch.check(plan.epoch)
     mean = accelerator.reduce(loss_sum / max(micro, 1), reduction="mean")
     return {"loss": float(mean), "steps": steps, "bad_images": int(accelerator.reduce(bad_sum, reduction="sum")),
-            "skipped_steps": skipped,
-            "images": images_seen}
+            "skipped_steps": skipped, "images": images_seen, "stopped": stopped}
 
 
 @torch.no_grad()

@@ -13,6 +13,10 @@ class UsageError(Exception):
     """
 
 
+class SaidByMainProcess(UsageError):
+    """The same mistake, already said in one line by the main process: the others end without repeating it."""
+
+
 def one_line(error: BaseException) -> str:
     """The user-facing line of an error. A UsageError raised in a DataLoader worker comes back re-raised with
     the worker's traceback folded into its message; its own message is that traceback's last line."""

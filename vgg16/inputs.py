@@ -10,6 +10,7 @@ Two paths behind one shape (`Inputs`):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -48,6 +49,8 @@ class Inputs:
     loaders_on_device: bool = True
     """Whether `accelerator.prepare` should move the map-style loaders' batches (False with --gpu-decode)."""
     ra_sampler: Optional[RepeatedAugmentation] = None
+    data_fingerprint: str = ""
+    """Which training data this is, for a resume to tell (datasets' fingerprint, or a stream's files and rows)."""
 
     def prepare(self, accelerator, *objects, train: bool = True) -> tuple:
         """accelerator.prepare(*objects) followed by the loaders (the train one only if `train`): the map-style
@@ -93,12 +96,13 @@ def build_inputs(cfg: TrainConfig, accelerator, stream_state: Optional[dict] = N
         per_step = cfg.batch_size * accelerator.num_processes
         train = SyntheticImages(100 * per_step * cfg.grad_accum, image_size=sizes[0], num_classes=len(classes), seed=cfg.seed)
         val = SyntheticImages(4 * per_step, image_size=sizes[2], num_classes=len(classes), seed=cfg.seed + 1)
-        name, notes = "synthetic", ()
+        name, notes, fingerprint = "synthetic", (), f"synthetic {len(train)} seed {cfg.seed}"
     else:
         with accelerator.main_process_first():  # datasets' cache is written once, then read by the others
             source = load_source(cfg.data, cfg.seed)
         _check_num_classes(cfg, source.name, source.class_names)
         classes, name, notes = source.class_names, source.name, source.notes
+        fingerprint = source.train._fingerprint  # a hash of the split's rows or files, stable across runs
         sizes = cfg.resolve_sizes(source.small_images, weights_sizes)
         train_tf, val_tf = _transforms(cfg, sizes)
         train = AugmentedDataset(source.train, train_tf, cfg.seed, strict=cfg.strict_data)
@@ -112,7 +116,8 @@ def build_inputs(cfg: TrainConfig, accelerator, stream_state: Optional[dict] = N
                                              workers=workers, seed=cfg.seed, pin_memory=accelerator.device.type != "cpu",
                                              collate_fn=decoding.collate_fn, train_batch_sampler=ra_sampler)
     return Inputs(train_loader, val_loader, train_feed.prepare, val_feed.prepare, len(train), len(val), classes, name,
-                  sizes, workers, notes, loaders_on_device=decoding.loader_on_device, ra_sampler=ra_sampler)
+                  sizes, workers, notes, loaders_on_device=decoding.loader_on_device, ra_sampler=ra_sampler,
+                  data_fingerprint=fingerprint)
 
 
 def _check_num_classes(cfg: TrainConfig, name: str, class_names) -> None:
@@ -170,10 +175,6 @@ def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Op
         if workers > 0 and streams % workers:
             notes.append(f"the stream keeps the {streams} part(s) per process it was started with: with {workers} "
                          f"loader workers (not a divisor) some row groups are read by more than one worker")
-        if int(stream_state["processes"]) != n:
-            notes.append(f"the checkpoint was written by {stream_state['processes']} processes and {n} resume it: the "
-                         "rest of the interrupted epoch is not the order the first run would have read (later "
-                         "epochs are whole)")
     nb = train_batches(train_split.num_rows, num_processes=n, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum)
     if nb == 0:
         raise UsageError(f"the training set has {train_split.num_rows} images, fewer than one global batch "
@@ -194,4 +195,9 @@ def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Op
     return Inputs(stream_loader(train, workers=workers, seed=cfg.seed, pin_memory=pin),
                   stream_loader(val, workers=workers, seed=cfg.seed, pin_memory=pin), move, move,
                   train_split.num_rows, val_split.num_rows, classes, source.name, sizes, workers, tuple(notes),
-                  streaming={"streams": streams, "processes": n})
+                  streaming={"streams": streams, "processes": n},
+                  data_fingerprint=_stream_fingerprint(train_split.files, train_split.num_rows))
+
+
+def _stream_fingerprint(files, rows: int) -> str:
+    return hashlib.sha256("\n".join(map(str, [rows, *files])).encode("utf-8", "surrogateescape")).hexdigest()[:16]

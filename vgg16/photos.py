@@ -84,11 +84,13 @@ def folder_to_parquet(folder: Path, output: Path, shards: int, seed: int = 0) ->
     from .sources import scan_class_folder
 
     for split, out_name, n_shards in (("train", "train", shards), ("val", "validation", max(1, shards // 8))):
-        paths, labels, classes = scan_class_folder(Path(folder) / split)
+        scan = scan_class_folder(Path(folder) / split)
+        paths, labels, classes = scan.images, scan.labels, scan.classes
         order = np.random.default_rng(seed).permutation(len(paths))
         features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
         for k, part in enumerate(np.array_split(order, n_shards)):
-            rows = {"image": [{"bytes": Path(paths[i]).read_bytes(), "path": None} for i in part],
+            rows = {"image": [paths[i] if isinstance(paths[i], dict) else {"bytes": Path(paths[i]).read_bytes(), "path": None}
+                               for i in part],
                     "label": [labels[i] for i in part]}
             target = Path(output) / "data" / f"{out_name}-{k:05d}-of-{n_shards:05d}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import accelerate
 import torch
-from accelerate.utils import ProfileKwargs, set_seed
+from accelerate.utils import ProfileKwargs, broadcast_object_list, set_seed
 from torch import nn
 
 from . import checkpoint as ckpt
@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .ema import ModelEMA, ema_decay
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, StepOptions, evaluate, train_one_epoch
-from .errors import UsageError, lost_a_peer, one_line, process_label
+from .errors import SaidByMainProcess, UsageError, lost_a_peer, one_line, process_label
 from .card import model_card
 from .hub import BackgroundPusher, PushFailed, push_to_hub
 from .inputs import Inputs, build_inputs
@@ -36,6 +36,9 @@ from .model import build_model, check_state_dict, count_parameters, head_for, nu
 from .finetune import Freezing, freezing_for, load_start, start_weights
 from .mixing import BatchMixer
 from .optim import use_fused, build_optimizer, build_scheduler, lr_factor, position_scheduler
+from .preempt import EXIT_PREEMPTED, Preempted, StopAgreement, StopRequest
+from .resume_check import SCHEDULE, RunSettings, check_resume, describe_changes
+from .run_lock import RunLock
 
 
 # The linear scaling rule (Goyal et al. 2017): lr grows with the global batch, relative to a batch of 256.
@@ -76,13 +79,49 @@ def _load_checkpoint_weights(cfg: TrainConfig, model: nn.Module, num_classes: in
     model.load_state_dict(state)
 
 
+def _take_output_dir(accelerator, output_dir: Path) -> Optional[RunLock]:
+    """The main process checks --output-dir and locks it for this run; the others receive its error, so a folder
+    in use stops every process with one line (the main process's)."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            _check_output_dir(output_dir)
+            lock = RunLock(output_dir).acquire()
+        except UsageError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        error = broadcast_object_list([error])[0]
+    if error is not None:
+        raise UsageError(error) if accelerator.is_main_process else SaidByMainProcess(error)
+    return lock
+
+
 def run(cfg: TrainConfig) -> dict:
     cfg = cfg.with_recipe_defaults()
+    # Installed first: a signal during start-up is kept and honoured at the first step boundary.
+    request = StopRequest().install() if not cfg.evaluate else None
+    lock = None
+    try:
+        accelerator = make_accelerator(cfg)
+        lock = _take_output_dir(accelerator, Path(cfg.output_dir))
+        if lock is not None and lock.note:
+            accelerator.print(f"note: {lock.note}", flush=True)
+        stop = StopAgreement(accelerator, request) if request is not None else None
+        try:
+            return _run(cfg, accelerator, stop)
+        except Preempted:
+            accelerator.end_training()
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
+        if request is not None:
+            request.restore()
+
+
+def _run(cfg: TrainConfig, accelerator, stop: Optional[StopAgreement]) -> dict:
     output_dir = Path(cfg.output_dir)
-    accelerator = make_accelerator(cfg)
     log = lambda message: accelerator.print(message, flush=True)  # noqa: E731 - main process only
-    if accelerator.is_main_process:
-        _check_output_dir(output_dir)
     cfg = dataclasses.replace(cfg, resume=ckpt.resolve_resume(cfg.resume, output_dir, cfg.evaluate, log))
     accelerator.init_trackers("vgg16", config={k: v for k, v in cfg.to_dict().items()
                                                if isinstance(v, (int, float, str, bool))})
@@ -142,7 +181,7 @@ def run(cfg: TrainConfig) -> dict:
                "torch": torch.__version__, "accelerate": accelerate.__version__, "lr": lr, "base_lr": cfg.lr,
                "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "recipe": cfg.recipe,
                **({"pretrained": weights.source} if weights else {}),
-               "command": " ".join(sys.argv)}
+               "command": " ".join(sys.argv), "status": "running"}
     normalize = Normalizer(mean, std, accelerator.device, channels_last=cfg.channels_last)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -168,7 +207,7 @@ def run(cfg: TrainConfig) -> dict:
             if cfg.hub_strategy == "every_save" and accelerator.is_main_process else None
         try:
             _fit(cfg, accelerator, model, optimizer, train_loader, val_loader, normalize, inputs, model_config,
-                 results, log, pusher, freezing)
+                 results, log, pusher, freezing, stop)
         finally:
             if pusher is not None:
                 pusher.close()
@@ -178,7 +217,7 @@ def run(cfg: TrainConfig) -> dict:
 
 def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader, normalize, inputs: Inputs,
          model_config: dict, results: dict, log, pusher: Optional[BackgroundPusher] = None,
-         freezing: Optional[Freezing] = None) -> None:
+         freezing: Optional[Freezing] = None, stop: Optional[StopAgreement] = None) -> None:
     """The epoch loop: train, evaluate, checkpoint, export, update results (in place) after every epoch."""
     output_dir = Path(cfg.output_dir)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
@@ -190,17 +229,34 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
                        min_factor=cfg.lr_min / optimizer.defaults["lr"] if optimizer.defaults["lr"] else 0.0,
                        per_epoch=per_epoch)
     scheduler = build_scheduler(optimizer, factor)
+    planned_base_lrs = list(scheduler.base_lrs)  # a checkpoint's scheduler state brings the lr it was saved with
+    settings = RunSettings(per_process_batch=cfg.batch_size, processes=accelerator.num_processes,
+                           grad_accum=cfg.grad_accum, seed=cfg.seed, train_images=inputs.train_images,
+                           data_fingerprint=inputs.data_fingerprint, steps_per_epoch=steps_per_epoch,
+                           epochs=cfg.epochs, lr=optimizer.defaults["lr"], lr_scheduler=cfg.lr_scheduler,
+                           lr_update=cfg.lr_update, warmup_epochs=cfg.warmup_epochs, recipe=cfg.recipe, arch=cfg.arch)
     options = dataclasses.replace(_step_options(cfg, accelerator, model, len(model_config["class_names"])),
                                   freezing=freezing)
     if options.ema is not None:
         accelerator.register_for_checkpointing(options.ema)  # before load_state: the average resumes too
     start_epoch, step_in_epoch, global_step, best_acc1 = 0, 0, 0, 0.0
     if cfg.resume:
+        saved_state = ckpt.read_trainer_state(cfg.resume)
+        saved = RunSettings.from_dict(saved_state.get("settings"))
+        changed = check_resume(cfg.resume, saved, settings, mid_epoch=saved_state.get("step_in_epoch", 0) > 0,
+                               epoch_checkpoint=ckpt.newest_epoch_checkpoint(output_dir))
         state = ckpt.load_training_state(accelerator, Path(cfg.resume), model, scheduler)
         start_epoch, global_step, best_acc1 = state["epoch"], state["global_step"], state["best_acc1"]
         step_in_epoch = state.get("step_in_epoch", 0)
         log(f"resumed from {cfg.resume}: epoch {start_epoch + 1}, step {step_in_epoch} of {steps_per_epoch} "
             f"({global_step} optimizer steps done)")
+        if changed:
+            lr_at_save = scheduler.get_last_lr()[0]
+            if any(name in SCHEDULE for name in changed):
+                scheduler.base_lrs = planned_base_lrs
+                position_scheduler(scheduler, start_epoch * steps_per_epoch + step_in_epoch)
+            log("note: " + describe_changes(saved, settings, changed, lr_at_save=lr_at_save,
+                                            lr_now=scheduler.get_last_lr()[0], epoch=start_epoch))
         assert_processes_agree(accelerator, "the epoch and step to resume at", (start_epoch, step_in_epoch, global_step))
     if cfg.start_epoch is not None:
         start_epoch, step_in_epoch, global_step = cfg.start_epoch, 0, cfg.start_epoch * steps_per_epoch
@@ -212,16 +268,26 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
 
     def trainer_state(epoch: int, step: int, global_step: int) -> dict:
         return {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "best_acc1": best_acc1,
-                "scheduler": scheduler.state_dict(), "model": model_config,
+                "scheduler": scheduler.state_dict(), "model": model_config, "settings": settings.to_dict(),
                 **({"streaming": inputs.streaming} if inputs.streaming else {})}
 
     def save_mid_epoch(epoch: int):
-        def after_step(step: int, global_step: int, ensure_finite) -> None:
+        def after_step(step: int, global_step: int, ensure_finite) -> bool:
+            if stop is not None and stop.stop_now():
+                return True  # the checkpoint is written once the epoch's loop has ended
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
                 ensure_finite()  # never save a model that has seen an inf/nan loss
                 ckpt.save_training_state(accelerator, checkpoints, trainer_state(epoch, step, global_step),
                                          name=f"step_{global_step:09d}", keep=cfg.keep_checkpoints)
+            return False
         return after_step
+
+    def preempted(saved: Path) -> Preempted:
+        results.update(status="preempted", steps=global_step,
+                       stopped={"signal": stop.request.signal_name, "step": global_step, "checkpoint": str(saved)})
+        if accelerator.is_main_process:
+            _write_reports(output_dir, results, model_config)
+        return Preempted(stop.request.signal_name, global_step, str(saved))
 
     started, skipped, history = time.time(), 0, results.setdefault("history", [])
     progress = sys.stdout.isatty()  # a bar in a terminal; plain lines in logs (CI, nohup, files)
@@ -239,6 +305,11 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
                                     prepare_batch=inputs.train_prepare, options=options)
         global_step += stats["steps"]
         skipped += stats["skipped_steps"]
+        if stats["stopped"]:
+            saved = ckpt.save_training_state(accelerator, checkpoints,
+                                             trainer_state(epoch, first + stats["steps"], global_step),
+                                             name=f"step_{global_step:09d}", keep=cfg.keep_checkpoints)
+            raise preempted(saved)
         metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=inputs.val_prepare)
         best_acc1 = max(best_acc1, metrics["acc1"])
         ema_metrics = None
@@ -248,7 +319,7 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
         use_ema = ema_metrics is not None and ema_metrics["acc1"] > metrics["acc1"]
         model_config["weights"] = "ema" if use_ema else "model"
         finished = first + stats["steps"] == steps_per_epoch
-        ckpt.save_training_state(accelerator, checkpoints,
+        saved = ckpt.save_training_state(accelerator, checkpoints,
                                  trainer_state(epoch + 1, 0, global_step) if finished else
                                  trainer_state(epoch, first + stats["steps"], global_step),
                                  name=f"epoch_{epoch + 1:04d}" if finished else f"step_{global_step:09d}",
@@ -274,6 +345,9 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
             _write_reports(output_dir, results, model_config)
             if pusher is not None:  # --hub-strategy every_save: the copy is the only wait
                 pusher.submit(output_dir, f"epoch {epoch + 1}")
+        # A signal during the epoch's last step or its evaluation: that epoch is complete and saved; stop here.
+        if epoch + 1 < cfg.epochs and stop is not None and stop.stop_now():
+            raise preempted(saved)
 
 
 def _step_options(cfg: TrainConfig, accelerator, model, num_classes: int) -> StepOptions:
@@ -301,6 +375,7 @@ def _write_reports(output_dir: Path, results: dict, model_config: dict) -> None:
 
 
 def _finish(cfg: TrainConfig, accelerator, output_dir: Path, results: dict, model_config: dict, log) -> None:
+    results["status"] = "finished"
     if accelerator.is_main_process:
         _write_reports(output_dir, results, model_config)
     accelerator.wait_for_everyone()
@@ -334,6 +409,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = parse_args(argv)
         run(cfg)
+    except SaidByMainProcess:
+        return 2
+    except Preempted as e:
+        sys.stdout.write(f"{process_label()}{e}\n")  # one write: N processes share the pipe
+        sys.stdout.flush()
+        return EXIT_PREEMPTED
     except (UsageError, NonFiniteLoss, PushFailed) as e:
         if debug:
             raise

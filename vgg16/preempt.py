@@ -1,0 +1,121 @@
+"""A signal saves and stops: SIGTERM (SLURM's and Kubernetes' notice before a kill), SIGUSR1 (SLURM's
+`--signal=USR1@120` warning) and a first Ctrl-C only set a flag; the epoch loop checks it at every optimizer-step
+boundary, where the training state is well defined, writes a checkpoint there and ends with EXIT_PREEMPTED.
+
+The handler never saves: a save from inside a handler could run in the middle of an optimizer step or a
+collective (Lightning moved its SLURM save out of the handler for this reason, Lightning PR #21407).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+# sysexits.h EX_TEMPFAIL, "a temporary failure; the user is invited to retry": the run stopped on a signal after
+# writing a checkpoint, and `--resume auto` continues it exactly.
+EXIT_PREEMPTED = 75
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# A second SIGINT this soon after the first is the same Ctrl-C forwarded by the launcher (torchelastic passes the
+# signal it gets on to its workers, which had it from the terminal already), not a second press.
+SECOND_PRESS_AFTER_S = 1.0
+PR_SET_PDEATHSIG = 1
+
+
+class Preempted(Exception):
+    """Raised once the stop checkpoint is written; `train_vgg16.py` turns it into one line and EXIT_PREEMPTED."""
+
+    def __init__(self, signal_name: str, global_step: int, checkpoint: str):
+        self.signal_name, self.global_step, self.checkpoint = signal_name, global_step, checkpoint
+        super().__init__(f"stopping at step {global_step} on {signal_name}: checkpoint {checkpoint}; "
+                         "resume with --resume auto")
+
+
+class StopRequest:
+    """The flag the signal handlers set, read at step boundaries. A second Ctrl-C raises KeyboardInterrupt at once.
+
+    Processes forked after `install` (DataLoader workers) inherit the handler; there it does nothing, so a signal
+    sent to every process of a job (SLURM signals them all) does not kill a loader worker under the main process.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: Optional[str] = None
+        self._received_at = 0.0
+        self._owner = os.getpid()
+        self._previous: dict = {}
+
+    def install(self) -> "StopRequest":
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        _stop_when_the_launcher_dies()
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._owner:
+            return  # a loader worker: its main process decides
+        now = time.monotonic()
+        if self.signal_name is None:
+            self.signal_name, self._received_at = signal.Signals(signum).name, now
+        elif signum == signal.SIGINT and now - self._received_at > SECOND_PRESS_AFTER_S:
+            raise KeyboardInterrupt
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+
+def _stop_when_the_launcher_dies() -> None:
+    """`accelerate launch --num_processes 1` waits on its child without passing signals on: killed with SIGTERM,
+    it leaves the training process running on its own. Linux's parent-death signal turns the launcher's end into
+    a SIGTERM here. Only under a launcher: a run started from a shell (nohup) must outlive the shell."""
+    if not (os.environ.get("TORCHELASTIC_RUN_ID") or b"accelerate" in _parent_command()):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() == 1:  # the launcher ended before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _parent_command() -> bytes:
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+class StopAgreement:
+    """Every process stops at the same step: the flags are combined by one all-reduce (max) of a CPU integer per
+    step, over a gloo group, so the check never waits for the accelerator's queue (a device tensor would need a
+    host sync per step). One process needs no collective."""
+
+    def __init__(self, accelerator, request: StopRequest):
+        self.request = request
+        self.group = None
+        self.flag = torch.zeros(1, dtype=torch.int32)
+        self.collective = accelerator.num_processes > 1
+        if self.collective and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")  # every process calls this, in the same order
+
+    def stop_now(self) -> bool:
+        """Whether any process has been asked to stop; the same answer on every process."""
+        if not self.collective:
+            return self.request.requested
+        self.flag.fill_(int(self.request.requested))
+        dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group)
+        if self.flag.item() and not self.request.requested:
+            self.request.signal_name = "a signal to another process"
+        return bool(self.flag.item())

@@ -1,0 +1,81 @@
+"""One run per output folder: the main process holds a lock on `--output-dir` for the run's lifetime.
+
+filelock's FileLock is an flock(2) lock, which the kernel releases when its process ends however it ends (a
+SIGKILL, a lost node's NFS lease expiring), so a lock is never left behind by a dead run. Where the filesystem
+has no flock, filelock falls back to its soft (file-exists) lock. Who holds it is written beside it, since the
+lock file itself is truncated by every attempt to take it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from filelock import FileLock, Timeout
+
+from .errors import UsageError
+
+LOCK_FILE = ".run.lock"
+OWNER_FILE = ".run.owner.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_owner(output_dir: Path) -> Optional[dict]:
+    try:
+        return json.loads((output_dir / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(owner: Optional[dict]) -> str:
+    if not owner:
+        return "another process (its owner file is missing)"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+    return f"process {owner.get('pid')} on {owner.get('host')} (started {started}: {owner.get('command', '?')})"
+
+
+class RunLock:
+    """Held from `acquire` to `release`; `note` says when a previous run's lock was taken over."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self.lock = FileLock(str(self.output_dir / LOCK_FILE), timeout=0)
+        self.note: Optional[str] = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            raise UsageError(f"--output-dir {self.output_dir} is in use by {_describe(_read_owner(self.output_dir))}: "
+                             "wait for that run to end or stop it, or choose another --output-dir") from None
+        previous = _read_owner(self.output_dir)
+        host = socket.gethostname()
+        if previous and previous.get("pid") is not None:
+            gone = "is no longer running" if previous.get("host") == host and not _alive(int(previous["pid"])) \
+                else "no longer holds it"
+            self.note = (f"took over {self.output_dir}'s lock from {_describe(previous)}, which {gone} "
+                         "(it ended without releasing the lock)")
+        owner = {"pid": os.getpid(), "host": host, "started": time.time(), "command": " ".join(sys.argv)}
+        tmp = self.output_dir / (OWNER_FILE + ".tmp")
+        tmp.write_text(json.dumps(owner) + "\n")
+        tmp.replace(self.output_dir / OWNER_FILE)
+        return self
+
+    def release(self) -> None:
+        if self.lock.is_locked:
+            (self.output_dir / OWNER_FILE).unlink(missing_ok=True)
+            self.lock.release()
