@@ -182,3 +182,36 @@ def test_a_folder_with_a_non_utf8_name_and_symlink_loops_counts_each_image_once_
                  "--output-dir", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert f"note: {root / 'train'}: " in out and _results(tmp_path / "out")["train_images"] == 10
+
+
+def test_the_sbatch_script_stops_the_run_on_slurms_warning_and_requeues_the_job(data, tmp_path):
+    """accelerate_configs/slurm/train_1node.sbatch run as SLURM runs it, with `srun` and `scontrol` standing in
+    (srun runs its command here; scontrol records the requeue): SIGUSR1 to the batch shell, as
+    `--signal=B:USR1@120` sends it, stops the run with a checkpoint and requeues the job."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (shims / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    out = tmp_path / "run"
+    env = {**cli_command()[1], "PATH": f"{shims}:{os.path.dirname(os.sys.executable)}:{os.environ['PATH']}",
+           "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(ROOT), "CONFIG": "accelerate_configs/cpu.yaml"}
+    proc = subprocess.Popen(["bash", "accelerate_configs/slurm/train_1node.sbatch", str(data), str(out), *TINY],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("epoch 1/2 [torchvision]  step 3/12"):
+                os.kill(proc.pid, signal.SIGUSR1)
+                break
+        log = "".join(lines) + proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log[-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n", log[-3000:]
+    stopped = _results(out)["stopped"]
+    assert (out / "checkpoints" / f"step_{stopped['step']:09d}").is_dir() and "--resume auto" in _results(out)["command"]

@@ -169,6 +169,7 @@ def bench_train(args) -> list:
     from .metrics import ThroughputMeter
     from .model import build_model, head_for
     from .optim import build_optimizer, use_fused
+    from .preempt import StopAgreement, StopRequest
 
     # The trainer's loader settings (non-blocking copies): the first H100 run without them measured a blocking
     # copy per step, not our step.
@@ -188,7 +189,10 @@ def bench_train(args) -> list:
         set_seed(0)
         return build_model(args.arch, 1000, head=head).to(memory_format=memory_format)
 
-    def ours_once(batch_size: int) -> float:
+    # --stop-check: ours again with the preemption check the trainer makes after every step (vgg16/preempt.py).
+    stop = StopAgreement(accelerator, StopRequest()) if args.stop_check else None
+
+    def ours_once(batch_size: int, check: bool = False) -> float:
         """The trainer's own step: Accelerate's prepare, the engine's train_one_epoch, its optimizer choice."""
         model = fresh_model()
         optimizer = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False,
@@ -203,7 +207,8 @@ def bench_train(args) -> list:
         meter = ThroughputMeter(sync, warmup_steps=warmup)
         train_one_epoch(model, loader, optimizer, scheduler, nn.CrossEntropyLoss(), accelerator,
                         Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, channels_last=args.channels_last), meter,
-                        EpochPlan(0, 1, steps, print_freq=10**9), log=lambda m: None)
+                        EpochPlan(0, 1, steps, print_freq=10**9), log=lambda m: None,
+                        after_step=(lambda *_: stop.stop_now()) if check else None)
         accelerator.free_memory()
         return meter.fps
 
@@ -240,7 +245,7 @@ def bench_train(args) -> list:
     results = []
     for batch_size in args.batch_size:
         what = f"training step, {args.arch} {args.image_size} px, batch {batch_size}, {setting}"
-        ours, plain = 0.0, 0.0
+        ours, plain, checked = 0.0, 0.0, 0.0
         try:
             for r in range(args.rounds):
                 for side in _order(r):
@@ -248,6 +253,8 @@ def bench_train(args) -> list:
                         plain = max(plain, plain_once(batch_size))
                     else:
                         ours = max(ours, ours_once(batch_size))
+                if stop is not None:
+                    checked = max(checked, ours_once(batch_size, check=True))
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not _is_out_of_memory(e):
                 raise
@@ -258,6 +265,15 @@ def bench_train(args) -> list:
         result = {"what": what, "batch_size": batch_size, "setting": setting, "images_per_s": ours,
                   "baseline_images_per_s": plain, "ratio": ours / plain, "device": name,
                   "gflop_per_image": flops / 1e9, "baseline": "plain PyTorch loop, same model and batch, torch's SGD"}
+        if stop is not None:
+            calls = 200
+            started = time.perf_counter()
+            for _ in range(calls):
+                stop.stop_now()
+            check_s = (time.perf_counter() - started) / calls
+            result.update(with_stop_check_images_per_s=checked, stop_check_ratio=checked / ours,
+                          stop_check_us=check_s * 1e6, stop_check_share_of_step=check_s * ours / batch_size,
+                          processes=accelerator.num_processes)
         if peak:
             result["flop_utilisation"] = ours * flops / (peak * 1e12)
             result["peak_tflops"] = peak
@@ -292,6 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t.add_argument("--channels-last", action="store_true", help="channels_last model and batches (both sides)")
     t.add_argument("--compile", action="store_true", help="torch.compile both sides (ours through Accelerate); GPU")
     t.add_argument("--peak-tflops", type=float, help="device peak for FLOP utilisation, if not known")
+    t.add_argument("--stop-check", action="store_true", help="also time ours with the per-step preemption check, "
+                   "and the check alone (launch with several processes to include its all-reduce)")
     for p in (d, st, t):
         p.add_argument("--rounds", type=int, default=2, help="alternate both sides this many times; keep the best")
     args = parser.parse_args(argv)
@@ -301,6 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as e:  # a wrong --data and the like: one line, as train_vgg16.py says it
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under a launcher: the main process reports
     for result in results:
         if result.get("oom"):
             print(f"{result['what']}: out of device memory, larger batches skipped")
@@ -308,6 +328,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{result['what']}: ours {result['images_per_s']:.1f} images/s, baseline "
                   f"{result['baseline_images_per_s']:.1f} images/s ({result['baseline']}), ratio {result['ratio']:.3f}"
                   + (f", FLOP utilisation {100 * result['flop_utilisation']:.1f}%" if "flop_utilisation" in result else "")
+                  + (f"; with the stop check {result['with_stop_check_images_per_s']:.1f} images/s (ratio "
+                     f"{result['stop_check_ratio']:.3f}), the check alone {result['stop_check_us']:.0f} us = "
+                     f"{100 * result['stop_check_share_of_step']:.3f}% of a step" if "stop_check_us" in result else "")
                   + (f"; the whole load took {result['whole_load_s']:.1f} s and {result['arrow_copy_bytes'] / 1e9:.2f} GB "
                      f"of disk for its Arrow copy, the first streamed batch {result['stream_first_batch_s']:.2f} s"
                      if "whole_load_s" in result else ""))
