@@ -173,12 +173,16 @@ def _two_machines(data, out, port, *extra):
 
 
 def test_two_machines_form_one_job_survive_losing_one_and_resume_to_the_same_weights(data, two_process_run, tmp_path):
-    """Two machines on localhost: killing machine 1's launcher (SIGKILL, as a lost node) ends machine 0 within
+    """Two machines on localhost: killing machine 1's launcher and worker (SIGKILL, as a lost node) ends machine 0 within
     seconds with one line; both started again with --resume auto end equal to the single-machine 2-process run."""
     out2, _ = two_process_run
     procs = _two_machines(data, tmp_path, str(_free_port()), "--checkpoint-every", "1")
     _wait_for(tmp_path / "checkpoints" / "step_000000002", procs[0])
+    # A lost machine takes its worker with it at once (a killed launcher alone would send its worker the
+    # parent-death SIGTERM, which stops the job cleanly: docs/cluster.md).
+    worker = _worker_pid(procs[1].pid, 1)
     os.kill(procs[1].pid, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
     killed_at = time.time()
     log0 = procs[0].communicate(timeout=120)[0]
     assert procs[0].returncode != 0 and time.time() - killed_at < 60, log0[-3000:]

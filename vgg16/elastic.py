@@ -45,6 +45,14 @@ def init_restarted_group(timeout: Optional[timedelta] = None) -> bool:
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def _parent_command() -> bytes:
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def follow_the_launcher() -> bool:
     """Ask Linux to end this process when its launcher dies (prctl PR_SET_PDEATHSIG); True when set.
 
@@ -53,8 +61,12 @@ def follow_the_launcher() -> bool:
     they hold the devices, and their peers on other machines cannot tell that this machine is gone. With this,
     killing a machine's launcher ends its workers too, and the peers' next collective fails at once.
     (Linux sends the signal when the *thread* that started the process ends; torchelastic starts workers from its
-    main thread, which lives as long as the launcher.)"""
-    if not os.environ.get("TORCHELASTIC_RUN_ID") or not sys.platform.startswith("linux"):
+    main thread, which lives as long as the launcher.)
+    `accelerate launch --num_processes 1` waits on its one process without passing signals on: killed with
+    SIGTERM, it too would leave the run going on its own. The SIGTERM is then the run's stop signal (preempt.py):
+    it saves at the next step and stops. Only under a launcher: a run started from a shell must outlive it."""
+    if not (os.environ.get("TORCHELASTIC_RUN_ID") or b"accelerate" in _parent_command()) \
+            or not sys.platform.startswith("linux"):
         return False
     launcher = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)

@@ -8,7 +8,6 @@ collective (Lightning moved its SLURM save out of the handler for this reason, L
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import time
@@ -24,7 +23,6 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # A second SIGINT this soon after the first is the same Ctrl-C forwarded by the launcher (torchelastic passes the
 # signal it gets on to its workers, which had it from the terminal already), not a second press.
 SECOND_PRESS_AFTER_S = 1.0
-PR_SET_PDEATHSIG = 1
 
 
 class Preempted(Exception):
@@ -52,7 +50,6 @@ class StopRequest:
     def install(self) -> "StopRequest":
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
-        _stop_when_the_launcher_dies()
         return self
 
     def restore(self) -> None:
@@ -72,29 +69,6 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
-
-
-def _stop_when_the_launcher_dies() -> None:
-    """`accelerate launch --num_processes 1` waits on its child without passing signals on: killed with SIGTERM,
-    it leaves the training process running on its own. Linux's parent-death signal turns the launcher's end into
-    a SIGTERM here. Only under a launcher: a run started from a shell (nohup) must outlive the shell."""
-    if not (os.environ.get("TORCHELASTIC_RUN_ID") or b"accelerate" in _parent_command()):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux
-        return
-    if os.getppid() == 1:  # the launcher ended before the call
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _parent_command() -> bytes:
-    try:
-        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 class StopAgreement:
