@@ -248,13 +248,15 @@ def bench_train(args) -> list:
         ours, plain, checked = 0.0, 0.0, 0.0
         try:
             for r in range(args.rounds):
-                for side in _order(r):
+                sides = _order(r) if stop is None else ("baseline", "ours", "checked")[r % 3:] + \
+                    ("baseline", "ours", "checked")[:r % 3]  # each side first in turn
+                for side in sides:
                     if side == "baseline":
                         plain = max(plain, plain_once(batch_size))
-                    else:
+                    elif side == "ours":
                         ours = max(ours, ours_once(batch_size))
-                if stop is not None:
-                    checked = max(checked, ours_once(batch_size, check=True))
+                    else:
+                        checked = max(checked, ours_once(batch_size, check=True))
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not _is_out_of_memory(e):
                 raise

@@ -72,24 +72,35 @@ class StopRequest:
 
 
 class StopAgreement:
-    """Every process stops at the same step: the flags are combined by one all-reduce (max) of a CPU integer per
-    step, over a gloo group, so the check never waits for the accelerator's queue (a device tensor would need a
-    host sync per step). One process needs no collective."""
+    """Every process stops at the same step. The flags are combined by an all-reduce (max) of a CPU integer over a
+    gloo group, started at one step without waiting and read at the next: it runs while that step computes, so the
+    check neither waits for the accelerator's queue (a device tensor would need a host sync) nor holds the
+    processes together at every step. The stop therefore comes one step after the signal. One process needs no
+    collective."""
 
     def __init__(self, accelerator, request: StopRequest):
         self.request = request
         self.group = None
-        self.flag = torch.zeros(1, dtype=torch.int32)
         self.collective = accelerator.num_processes > 1
+        self.pending: Optional[tuple] = None
         if self.collective and dist.get_backend() != "gloo":
             self.group = dist.new_group(backend="gloo")  # every process calls this, in the same order
 
     def stop_now(self) -> bool:
-        """Whether any process has been asked to stop; the same answer on every process."""
+        """Whether any process had been asked to stop by the previous call; the same answer on every process
+        (each calls this at the same steps)."""
         if not self.collective:
             return self.request.requested
-        self.flag.fill_(int(self.request.requested))
-        dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group)
-        if self.flag.item() and not self.request.requested:
-            self.request.signal_name = "a signal to another process"
-        return bool(self.flag.item())
+        stop = False
+        if self.pending is not None:
+            work, flag = self.pending
+            work.wait()
+            stop = bool(flag.item())
+        if stop:
+            self.pending = None
+            if not self.request.requested:
+                self.request.signal_name = "a signal to another process"
+            return True
+        flag = torch.tensor([int(self.request.requested)], dtype=torch.int32)
+        self.pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True), flag)
+        return False
