@@ -1,6 +1,7 @@
 """A signal saves and stops: SIGTERM (SLURM's and Kubernetes' notice before a kill), SIGUSR1 (SLURM's
 `--signal=USR1@120` warning) and a first Ctrl-C only set a flag; the epoch loop checks it at every optimizer-step
-boundary, where the training state is well defined, writes a checkpoint there and ends with EXIT_PREEMPTED.
+boundary, where the training state is well defined (StopAgreement: the same step on every process), writes a
+checkpoint there and ends with EXIT_PREEMPTED.
 
 The handler never saves: a save from inside a handler could run in the middle of an optimizer step or a
 collective (Lightning moved its SLURM save out of the handler for this reason, Lightning PR #21407).
