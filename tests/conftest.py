@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,25 @@ def kill_when(target: Path, *args: str, seconds: int = 300) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert target.exists(), f"{target} never appeared"
+
+
+def signal_on_line(proc: subprocess.Popen, line_start: str, sig, pid=None, timeout: int = 300) -> str:
+    """Read `proc`'s output (text, stderr merged) until a line starts with `line_start`, send `sig` to `pid`
+    (the process itself by default), then read to the end; return the whole output. The process's session is
+    SIGKILLed if it outlives the wait."""
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(line_start):
+                os.kill(pid or proc.pid, sig)
+                break
+        lines.append(proc.communicate(timeout=timeout)[0])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return "".join(lines)
 
 
 @pytest.fixture(autouse=True)

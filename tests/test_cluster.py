@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, cli_command, make_image_folder, run_cli
+from conftest import ROOT, cli_command, make_image_folder, run_cli, signal_on_line
 from safetensors.torch import load_file
 
 from vgg16.preempt import EXIT_PREEMPTED, SECOND_PRESS_AFTER_S, StopRequest
@@ -44,23 +44,13 @@ def uninterrupted(data, tmp_path_factory):
     return out
 
 
-def _signal_at(line_start: str, sig, *args: str, launcher=(), pid_of=lambda proc: proc.pid) -> tuple:
-    """Run train_vgg16.py, send `sig` to pid_of(process) when a line starts with `line_start`; (rc, output)."""
+def _signal_at(line_start: str, sig, *args: str, launcher=()) -> tuple:
+    """Run train_vgg16.py, send `sig` to it (or its launcher) when a line starts with `line_start`; (rc, output)."""
     cmd, env = cli_command(*args, launcher=launcher)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
                             start_new_session=True)
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith(line_start):
-                os.kill(pid_of(proc), sig)
-                break
-        lines.append(proc.communicate(timeout=300)[0])
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, "".join(lines)
+    log = signal_on_line(proc, line_start, sig)
+    return proc.returncode, log
 
 
 def test_sigterm_and_sigusr1_save_at_the_step_reached_and_resume_to_the_uninterrupted_weights(data, uninterrupted,
@@ -200,17 +190,7 @@ def test_the_sbatch_script_stops_the_run_on_slurms_warning_and_requeues_the_job(
     proc = subprocess.Popen(["bash", "accelerate_configs/slurm/train_1node.sbatch", str(data), str(out), *TINY],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
                             start_new_session=True)
-    try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("epoch 1/2 [torchvision]  step 3/12"):
-                os.kill(proc.pid, signal.SIGUSR1)
-                break
-        log = "".join(lines) + proc.communicate(timeout=300)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    log = signal_on_line(proc, "epoch 1/2 [torchvision]  step 3/12", signal.SIGUSR1)
     assert proc.returncode == 0, log[-3000:]
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n", log[-3000:]
     stopped = _results(out)["stopped"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_command, make_image_folder, run_cli
+from conftest import ROOT, cli_command, make_image_folder, run_cli, signal_on_line
 from safetensors.torch import load_file, save_file
 
 from vgg16.model import build_model
@@ -267,13 +267,7 @@ def test_sigterm_to_the_launcher_stops_both_processes_at_one_step_and_they_resum
     out, _ = two_process_run
     args = ["--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(tmp_path)]
     proc = _popen(["--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port())], *args)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("epoch 1/2 [torchvision]  step 1/3"):
-            os.kill(proc.pid, signal.SIGTERM)
-            break
-    log = "".join(lines) + proc.communicate(timeout=300)[0]
+    log = signal_on_line(proc, "epoch 1/2 [torchvision]  step 1/3", signal.SIGTERM)
     stopped = _results(tmp_path)["stopped"]
     stops = sorted(line for line in log.splitlines() if line.startswith("rank ") and "stopping at step" in line)
     assert stops == [f"rank {r} of 2: stopping at step {stopped['step']} on SIGTERM: checkpoint {stopped['checkpoint']}; "
