@@ -81,7 +81,7 @@ def folder_to_parquet(folder: Path, output: Path, shards: int, seed: int = 0) ->
     whole."""
     import datasets
 
-    from .sources import scan_class_folder
+    from .folders import scan_class_folder
 
     for split, out_name, n_shards in (("train", "train", shards), ("val", "validation", max(1, shards // 8))):
         scan = scan_class_folder(Path(folder) / split)

@@ -18,7 +18,7 @@ from .data import BAD_IMAGE_ERRORS, decode_image, eval_sizes, eval_transform
 from .engine import Normalizer
 from .errors import UsageError, one_line
 from .hub import from_pretrained
-from .sources import IMG_EXTENSIONS
+from .folders import IMG_EXTENSIONS
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .errors import UsageError
+from .optim import position_scheduler
 
 
 @dataclass(frozen=True)
@@ -102,3 +103,15 @@ def describe_changes(saved: RunSettings, now: RunSettings, changed: list, *, lr_
     if any(n in ORDER for n in changed):
         text += ". The epochs from here on shuffle and split the data as the new settings do"
     return text
+
+
+def replan_schedule(scheduler, planned_base_lrs: list, saved: RunSettings, now: RunSettings, changed: list, *,
+                    epoch: int, step_in_epoch: int) -> str:
+    """After load_state: when the plan changed, the new plan's schedule (base lrs as now built, since the loaded
+    scheduler state brings the saved ones) placed after the epochs and steps done; the note that says so."""
+    lr_at_save = scheduler.get_last_lr()[0]
+    if any(name in SCHEDULE for name in changed):
+        scheduler.base_lrs = list(planned_base_lrs)
+        position_scheduler(scheduler, epoch * now.steps_per_epoch + step_in_epoch)
+    return describe_changes(saved, now, changed, lr_at_save=lr_at_save, lr_now=scheduler.get_last_lr()[0],
+                            epoch=epoch)

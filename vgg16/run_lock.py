@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from accelerate.utils import broadcast_object_list
 from filelock import FileLock, Timeout
 
-from .errors import UsageError
+from .errors import SaidByMainProcess, UsageError
 
 LOCK_FILE = ".run.lock"
 OWNER_FILE = ".run.owner.json"
@@ -79,3 +80,30 @@ class RunLock:
         if self.lock.is_locked:
             (self.output_dir / OWNER_FILE).unlink(missing_ok=True)
             self.lock.release()
+
+
+def check_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--output-dir {path} is not writable ({e.strerror}): choose another folder") from None
+
+
+def take_output_dir(accelerator, output_dir: Path) -> Optional[RunLock]:
+    """The main process checks --output-dir and locks it for this run; the others receive its error, so a folder
+    in use stops every process with one line (the main process's)."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            check_output_dir(output_dir)
+            lock = RunLock(output_dir).acquire()
+        except UsageError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        error = broadcast_object_list([error])[0]
+    if error is not None:
+        raise UsageError(error) if accelerator.is_main_process else SaidByMainProcess(error)
+    return lock

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import accelerate
 import torch
-from accelerate.utils import ProfileKwargs, broadcast_object_list, set_seed
+from accelerate.utils import ProfileKwargs, set_seed
 from torch import nn
 
 from . import checkpoint as ckpt
@@ -37,22 +37,12 @@ from .finetune import Freezing, freezing_for, load_start, start_weights
 from .mixing import BatchMixer
 from .optim import use_fused, build_optimizer, build_scheduler, lr_factor, position_scheduler
 from .preempt import EXIT_PREEMPTED, Preempted, StopAgreement, StopRequest
-from .resume_check import SCHEDULE, RunSettings, check_resume, describe_changes
-from .run_lock import RunLock
+from .resume_check import RunSettings, check_resume, replan_schedule
+from .run_lock import take_output_dir
 
 
 # The linear scaling rule (Goyal et al. 2017): lr grows with the global batch, relative to a batch of 256.
 LR_REFERENCE_BATCH = 256
-
-
-def _check_output_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--output-dir {path} is not writable ({e.strerror}): choose another folder") from None
 
 
 def _rounded(values) -> str:
@@ -79,23 +69,6 @@ def _load_checkpoint_weights(cfg: TrainConfig, model: nn.Module, num_classes: in
     model.load_state_dict(state)
 
 
-def _take_output_dir(accelerator, output_dir: Path) -> Optional[RunLock]:
-    """The main process checks --output-dir and locks it for this run; the others receive its error, so a folder
-    in use stops every process with one line (the main process's)."""
-    lock, error = None, None
-    if accelerator.is_main_process:
-        try:
-            _check_output_dir(output_dir)
-            lock = RunLock(output_dir).acquire()
-        except UsageError as e:
-            error = str(e)
-    if accelerator.num_processes > 1:
-        error = broadcast_object_list([error])[0]
-    if error is not None:
-        raise UsageError(error) if accelerator.is_main_process else SaidByMainProcess(error)
-    return lock
-
-
 def run(cfg: TrainConfig) -> dict:
     cfg = cfg.with_recipe_defaults()
     # Installed first: a signal during start-up is kept and honoured at the first step boundary.
@@ -103,7 +76,7 @@ def run(cfg: TrainConfig) -> dict:
     lock = None
     try:
         accelerator = make_accelerator(cfg)
-        lock = _take_output_dir(accelerator, Path(cfg.output_dir))
+        lock = take_output_dir(accelerator, Path(cfg.output_dir))
         if lock is not None and lock.note:
             accelerator.print(f"note: {lock.note}", flush=True)
         stop = StopAgreement(accelerator, request) if request is not None else None
@@ -251,12 +224,8 @@ def _fit(cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_load
         log(f"resumed from {cfg.resume}: epoch {start_epoch + 1}, step {step_in_epoch} of {steps_per_epoch} "
             f"({global_step} optimizer steps done)")
         if changed:
-            lr_at_save = scheduler.get_last_lr()[0]
-            if any(name in SCHEDULE for name in changed):
-                scheduler.base_lrs = planned_base_lrs
-                position_scheduler(scheduler, start_epoch * steps_per_epoch + step_in_epoch)
-            log("note: " + describe_changes(saved, settings, changed, lr_at_save=lr_at_save,
-                                            lr_now=scheduler.get_last_lr()[0], epoch=start_epoch))
+            log("note: " + replan_schedule(scheduler, planned_base_lrs, saved, settings, changed,
+                                           epoch=start_epoch, step_in_epoch=step_in_epoch))
         assert_processes_agree(accelerator, "the epoch and step to resume at", (start_epoch, step_in_epoch, global_step))
     if cfg.start_epoch is not None:
         start_epoch, step_in_epoch, global_step = cfg.start_epoch, 0, cfg.start_epoch * steps_per_epoch
