@@ -23,7 +23,7 @@ from vgg16.sources import load_source
 
 # ---------------------------------------------------------------- recipes and the command line
 def test_readme_shows_the_recipe_table_exactly():
-    assert recipe_table_markdown() in (ROOT / "README.md").read_text()
+    assert recipe_table_markdown() in (ROOT / "docs" / "recipes.md").read_text()
 
 
 def test_todays_commands_keep_their_meaning():

@@ -108,7 +108,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: 
     except (OSError, SafetensorError, RuntimeError) as e:
         # A full disk, a file-size limit or a vanished mount: safetensors reports these as its own error type,
         # torch.save (the RNG states) as a RuntimeError. This process ends; the launcher then stops the others
-        # (README "When a worker dies").
+        # (docs/faults.md "When a worker dies").
         if isinstance(e, RuntimeError) and not any(m in str(e) for m in TORCH_SAVE_IO_ERRORS):
             raise
         if accelerator.is_main_process:

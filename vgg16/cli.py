@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--recipe", choices=list(RECIPES),
-                   help="fills every option you do not give (README: Recipes); default torchvision with --data, "
+                   help="fills every option you do not give (docs/recipes.md); default torchvision with --data, "
                    "digits without")
     o.add_argument("--epochs", "--epoch", dest="epochs", type=int, help=_from_recipe("epochs"))
     o.add_argument("--start-epoch", type=int, help="epoch to start from (overrides the one stored by --resume)")

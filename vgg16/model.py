@@ -42,7 +42,7 @@ def build_model(arch: str, num_classes: int, *, head: str = "imagenet", dropout:
         )
         # PyTorch's default nn.Linear init, not torchvision's normal(0, 0.01): at 512 wide, 0.01 shrinks the signal
         # about 9x per layer, so the logits start near zero and the gradients reaching the features are tiny.
-        # Measured on the digits folder (vgg16_bn, 5 epochs, README "Small-image head"): 87.5% -> 97.8% top-1.
+        # Measured on the digits folder (vgg16_bn, 5 epochs, docs/recipes.md "Small-image head"): 87.5% -> 97.8% top-1.
     elif head != "imagenet":
         raise UsageError(f"unknown head {head!r}: use 'imagenet' or 'small'")
     return model

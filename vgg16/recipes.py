@@ -1,5 +1,5 @@
-"""Named recipes: the values every option takes when you do not give it. One table, printed in full by the README
-(`recipe_table_markdown`, checked by a test) and read by `--help`, so the three can never disagree.
+"""Named recipes: the values every option takes when you do not give it. One table, printed in full by
+docs/recipes.md (`recipe_table_markdown`, checked by a test) and read by `--help`, so the three can never disagree.
 
 A value may depend on the architecture: {"": 0.01, "_bn": 0.1} means 0.01 for plain VGG and 0.1 for the
 batch-norm variants (torchvision trained them at those rates).
@@ -23,7 +23,7 @@ class Recipe:
     values: dict = field(default_factory=dict)
 
 
-# Options every recipe sets, in the order the README table lists them. Options no recipe sets keep the
+# Options every recipe sets, in the order the table in docs/recipes.md lists them. Options no recipe sets keep the
 # TrainConfig default (momentum 0.9, seed 49, ...).
 _COMMON = dict(
     epochs=90, batch_size=32, opt="sgd", lr=0.01, weight_decay=1e-4, norm_weight_decay=None, bias_weight_decay=None,
@@ -123,7 +123,7 @@ def help_default(option: str) -> str:
 
 
 def recipe_table_markdown() -> str:
-    """Every recipe and every value it sets, as the README shows it."""
+    """Every recipe and every value it sets, as docs/recipes.md shows it."""
     names = list(RECIPES)
     lines = ["| option | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
     options = ["arch", *_COMMON]
