@@ -41,6 +41,8 @@ def main(data: str, out: str, batch: int, workers: int) -> None:
         with open(out, "w") as f:
             json.dump({"records": records, "train_rows": inputs.train_images, "val_rows": inputs.val_images}, f)
     accelerator.wait_for_everyone()
+    # As the trainer ends: a gloo group left to interpreter shutdown can abort a process (pytorch/pytorch#190489).
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -281,6 +281,9 @@ def bench_train(args) -> list:
             result["peak_tflops"] = peak
         results.append(result)
         accelerator.free_memory()  # also empties the device's cache (Accelerate's clear_device_cache), any backend
+    if stop is not None:
+        stop.finish()
+    accelerator.end_training()  # destroys the process group, which gloo needs before the interpreter ends
     return results
 
 

@@ -105,3 +105,10 @@ class StopAgreement:
         flag = torch.tensor([int(self.request.requested)], dtype=torch.int32)
         self.pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True), flag)
         return False
+
+    def finish(self) -> None:
+        """Wait for the all-reduce still in flight: every process started it, and a process that exits with gloo
+        work outstanding can abort in the C++ runtime instead of exiting."""
+        if self.pending is not None:
+            self.pending[0].wait()
+            self.pending = None

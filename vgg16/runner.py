@@ -184,6 +184,8 @@ def _run(cfg: TrainConfig, accelerator, stop: Optional[StopAgreement]) -> dict:
         finally:
             if pusher is not None:
                 pusher.close()
+    if stop is not None:
+        stop.finish()  # before end_training destroys the process group
     _finish(cfg, accelerator, output_dir, results, model_config, log)
     return results
 
