@@ -21,7 +21,7 @@ from vgg16.launch import make_accelerator
 
 def main(data: str, out: str, batch: int, workers: int) -> None:
     cfg = TrainConfig(data=data, streaming=True, batch_size=batch, workers=workers, image_size=32,
-                      shuffle_buffer=16).with_recipe_defaults()
+                      shuffle_buffer=16)
     accelerator = make_accelerator(cfg)
     inputs = build_inputs(cfg, accelerator)
     torch.manual_seed(0)

@@ -1,3 +1,4 @@
+import dataclasses
 import glob
 
 import pytest
@@ -191,3 +192,55 @@ def test_more_processes_than_devices_names_both_counts():
     check_devices(8, use_cpu=False, devices={"cuda": 8})
     check_devices(8, use_cpu=True, devices={})  # CPU processes need no device
     check_devices(1, use_cpu=False, devices={})  # one process runs on the CPU when there is nothing else
+
+
+# ---------------------------------------------------------------- options declared once
+def test_the_parser_is_built_from_the_declarations_and_repeats_no_default():
+    """Every config field has a flag and every flag a field (or is one of the old scripts' flags, which name the
+    field they set or stop the run); the parser's defaults are the fields' own; recipe keys are field names."""
+    import inspect
+
+    from vgg16 import cli, config
+    from vgg16.options import declared, help_text
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    options = {f.name for f, _ in declared(TrainConfig)}
+    assert set(fields) - options == {"notes"}  # the one field that is not an option
+    actions = [a for a in cli.build_parser()._actions if a.dest != "help"]
+    legacy = set(cli.LEGACY_PRECISION) | set(cli.LEGACY_DISTRIBUTED)
+    assert {a.dest for a in actions} == options | legacy
+    for a in actions:
+        if a.dest in options:
+            f = fields[a.dest]
+            o = f.metadata["option"]
+            assert a.default == f.default and tuple(a.option_strings)[:len(o.flags)] == o.flags, a.dest  # + --no-x
+            assert a.help.replace("%%", "%") == help_text(f, o) and "default" in a.help, a.dest
+    for name, recipe in RECIPES.items():
+        assert set(recipe.values) <= options, name
+    # No module writes an option's default again (the old parser and config each had one).
+    for module in (cli, config):
+        source = inspect.getsource(module)
+        assert "add_argument(" not in source.replace("apex.add_argument(", "").replace("legacy.add_argument(", "")
+        assert "default=" not in source
+
+
+def test_a_value_out_of_its_declared_range_is_one_line_naming_flag_and_value():
+    with pytest.raises(UsageError, match=r"^--momentum must be in \[0, 1\) \(got 1\)$"):
+        TrainConfig(momentum=1.0)
+    with pytest.raises(UsageError, match=r"^--workers must be >= 0 \(got -1\)$"):
+        parse_args(["-j", "-1"])
+    with pytest.raises(UsageError, match=r"^unknown dataset 'imagenet' \(--dataset\): use auto, synthetic, digits, or"):
+        TrainConfig(dataset="imagenet")
+    assert parse_args(["--loss-scale", "dynamic"]).loss_scale is None
+
+
+def test_a_config_is_complete_when_built_and_building_it_again_changes_nothing():
+    cfg = TrainConfig(data="x", nesterov=True)
+    assert (cfg.recipe, cfg.arch, cfg.lr, cfg.opt, cfg.epochs) == ("torchvision", "vgg16", 0.01, "sgd_nesterov", 90)
+    assert TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}) == cfg
+
+
+def test_docs_list_every_option_as_help_does():
+    from vgg16.options import options_markdown
+
+    assert options_markdown(TrainConfig) in (ROOT / "docs" / "options.md").read_text()

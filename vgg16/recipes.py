@@ -29,7 +29,7 @@ _COMMON = dict(
     epochs=90, batch_size=32, opt="sgd", lr=0.01, weight_decay=1e-4, norm_weight_decay=None, bias_weight_decay=None,
     lr_scheduler="step", lr_step_size=30, lr_gamma=0.1, lr_update="step", warmup_epochs=0.0, lr_warmup_method="linear",
     lr_warmup_decay=0.01, lr_min=0.0, label_smoothing=0.0, hflip=0.5, auto_augment=None, random_erase=0.0,
-    mixup_alpha=0.0, cutmix_alpha=0.0, model_ema=False, ra_sampler=False, train_crop_size=None, val_resize_size=None,
+    mixup_alpha=0.0, cutmix_alpha=0.0, model_ema=False, ra_sampler=False, image_size=None, val_resize_size=None,
     val_crop_size=None, freeze_epochs=0, backbone_lr_scale=1.0,
 )
 
@@ -59,7 +59,7 @@ RECIPES = {
         {**_COMMON, "arch": "vgg16_bn", "lr": {"": 0.02, "_bn": 0.1}, "weight_decay": 5e-5, "norm_weight_decay": 0.0,
          "bias_weight_decay": 0.0, "lr_scheduler": "cosine", "warmup_epochs": 5.0, "label_smoothing": 0.1,
          "auto_augment": "ta_wide", "random_erase": 0.1, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "model_ema": True,
-         "train_crop_size": 176, "val_resize_size": 232, "val_crop_size": 224},
+         "image_size": 176, "val_resize_size": 232, "val_crop_size": 224},
     ),
     "cifar10": Recipe(
         "cifar10",

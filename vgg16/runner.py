@@ -70,7 +70,6 @@ def _load_checkpoint_weights(cfg: TrainConfig, model: nn.Module, num_classes: in
 
 
 def run(cfg: TrainConfig) -> dict:
-    cfg = cfg.with_recipe_defaults()
     # Installed first: a signal during start-up is kept and honoured at the first step boundary.
     request = StopRequest().install() if not cfg.evaluate else None
     lock = None
