@@ -42,8 +42,8 @@ def make_image_folder(root: Path, classes=("cat", "dog", "eel"), n_train=8, n_va
     return root
 
 
-# Real photographs: crops of the photos scikit-image ships, in the ImageNet layout (vgg16.photos).
-from vgg16.photos import make_photo_folder  # noqa: E402,F401 - the tests import it from here
+# Real photographs: crops of the photos scikit-image ships, in the ImageNet layout (vgg16.tools.photos).
+from vgg16.tools.photos import make_photo_folder  # noqa: E402,F401 - the tests import it from here
 
 
 @pytest.fixture

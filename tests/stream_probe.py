@@ -1,5 +1,5 @@
 """Launched by test_streaming under `accelerate launch` (N processes, gloo): builds a --streaming run's inputs
-exactly as the trainer does (vgg16.inputs.build_inputs, same Accelerator), reads two epochs and a resumed epoch
+exactly as the trainer does (vgg16.data.inputs.build_inputs, same Accelerator), reads two epochs and a resumed epoch
 from them, evaluates a small model through the trainer's evaluate, and has process 0 write what every process
 read to the JSON file given.
 
@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from vgg16.config import TrainConfig
-from vgg16.data import IMAGENET_MEAN, IMAGENET_STD
+from vgg16.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from vgg16.engine import Normalizer, evaluate
-from vgg16.inputs import build_inputs
+from vgg16.data.inputs import build_inputs
 from vgg16.launch import make_accelerator
 
 

@@ -125,8 +125,8 @@ def test_which_ascend_chips_have_bf16():
                                            "Ascend310P3"]))
 
 
-@pytest.mark.parametrize("entry", [["train_vgg16.py", "--help"], ["-m", "vgg16.device_check", "--help"],
-                                   ["-m", "vgg16.benchmark", "--help"]])
+@pytest.mark.parametrize("entry", [["train_vgg16.py", "--help"], ["-m", "vgg16.tools.device_check", "--help"],
+                                   ["-m", "vgg16.tools.benchmark", "--help"]])
 def test_torch_npu_without_cann_is_one_line(tmp_path, entry):
     """torch auto-loads every installed backend (entry point group torch.backends) on `import torch`. Here an
     installed stand-in for torch_npu fails to load as the real one does without CANN on the library path (no

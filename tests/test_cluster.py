@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from vgg16.preempt import EXIT_PREEMPTED, SECOND_PRESS_AFTER_S, StopRequest
 from vgg16.run_lock import OWNER_FILE
 from vgg16.runner import main
-from vgg16.sources import load_source
+from vgg16.data.sources import load_source
 
 TINY = ["-a", "vgg11", "--image-size", "32", "--lr", "0.02", "-p", "1", "-j", "0", "-b", "4", "--epochs", "2"]
 

@@ -1,7 +1,7 @@
 import torch
 
-from vgg16.data import AugmentedDataset, SyntheticImages, build_loaders, eval_transform, sample_seed, train_transform
-from vgg16.sources import load_source
+from vgg16.data.pipeline import AugmentedDataset, SyntheticImages, build_loaders, eval_transform, sample_seed, train_transform
+from vgg16.data.sources import load_source
 
 
 def _sets(root, size=32, small=True):

@@ -12,13 +12,13 @@ from torch import nn
 from torchvision.transforms import v2
 
 from vgg16.cli import parse_args
-from vgg16.data import MEAN_PIXEL, AugmentedDataset, RepeatedAugmentation, train_transform
+from vgg16.data.pipeline import MEAN_PIXEL, AugmentedDataset, RepeatedAugmentation, train_transform
 from vgg16.ema import ModelEMA, ema_decay
 from vgg16.mixing import BatchMixer
 from vgg16.model import build_model
 from vgg16.optim import build_optimizer, lr_factor, parameter_groups
 from vgg16.recipes import RECIPES, recipe_table_markdown
-from vgg16.sources import load_source
+from vgg16.data.sources import load_source
 
 
 # ---------------------------------------------------------------- recipes and the command line

@@ -6,9 +6,9 @@ import pytest
 from conftest import class_image, make_image_folder
 from PIL import Image
 
-from vgg16.data import to_rgb
+from vgg16.data.pipeline import to_rgb
 from vgg16.errors import UsageError
-from vgg16.sources import load_source
+from vgg16.data.sources import load_source
 
 
 def test_image_folder_classes_sorted_like_torchvision(tmp_path):

@@ -18,8 +18,8 @@ from torchvision.transforms import v2
 
 from vgg16.errors import UsageError
 from vgg16.runner import main
-from vgg16.shards import load_parquet_source
-from vgg16.streaming import (PAD, EpochOrder, ParquetStream, StreamPlan, buffer_shuffle, stream_loader,
+from vgg16.data.shards import load_parquet_source
+from vgg16.data.streaming import (PAD, EpochOrder, ParquetStream, StreamPlan, buffer_shuffle, stream_loader,
                              train_batches, val_batches)
 
 TINY = ["-a", "vgg11", "--image-size", "32", "--lr", "0.02", "-p", "1", "--streaming"]

@@ -1,6 +1,6 @@
 """The fast input path keeps the reference augmentation, the index scales, and the benchmark reports ratios.
 
-Speeds are measured by `python -m vgg16.benchmark`, not asserted here."""
+Speeds are measured by `python -m vgg16.tools.benchmark`, not asserted here."""
 
 import io
 import json
@@ -14,8 +14,8 @@ import torch
 from conftest import ROOT, class_image, make_image_folder, make_photo_folder
 from PIL import Image
 
-from vgg16.data import decode_image, sample_seed, seeded, train_transform
-from vgg16.sources import load_source
+from vgg16.data.pipeline import decode_image, sample_seed, seeded, train_transform
+from vgg16.data.sources import load_source
 
 
 def _jpeg(mode, size=(300, 200), seed=0):
@@ -69,14 +69,14 @@ def test_indexing_a_100k_file_imagenet_tree(tmp_path):
 
 
 def _benchmark(*args):
-    done = subprocess.run([sys.executable, "-m", "vgg16.benchmark", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "vgg16.tools.benchmark", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _benchmark_lines(*args):
-    done = subprocess.run([sys.executable, "-m", "vgg16.benchmark", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "vgg16.tools.benchmark", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -101,8 +101,8 @@ def test_benchmark_data_against_torchvision_imagefolder(tmp_path, split):
 
 
 def test_benchmark_stream_times_both_loaders_on_parquet_made_from_photographs(tmp_path):
-    from vgg16.photos import folder_to_parquet
-    from vgg16.shards import load_parquet_source
+    from vgg16.tools.photos import folder_to_parquet
+    from vgg16.data.shards import load_parquet_source
 
     photos = make_photo_folder(tmp_path / "photos", n_train=12, n_val=2, size=(96, 72))
     shards = folder_to_parquet(photos, tmp_path / "photos-parquet", shards=3)
@@ -115,7 +115,7 @@ def test_benchmark_stream_times_both_loaders_on_parquet_made_from_photographs(tm
 
 
 def test_benchmark_errors_are_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "vgg16.benchmark", "data", "--data", str(tmp_path / "nope")],
+    done = subprocess.run([sys.executable, "-m", "vgg16.tools.benchmark", "data", "--data", str(tmp_path / "nope")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0]
@@ -134,7 +134,7 @@ def _jpeg_folder(root, n=4):
 def _decoded_batches(train, indices_batches, epoch=1):
     """Run the --gpu-decode feed (the runner's own object: file bytes -> collate -> batch decoder) with the CPU as
     the device."""
-    from vgg16.decoding import decoding_for
+    from vgg16.data.decoding import decoding_for
 
     train.set_epoch(epoch)
     decoding = decoding_for(True, "cpu")
@@ -145,8 +145,8 @@ def _decoded_batches(train, indices_batches, epoch=1):
 
 def test_host_feed_is_the_dataset_itself(image_folder):
     """Without --gpu-decode the loader indexes the augmented split and its batches pass through unchanged."""
-    from vgg16.data import AugmentedDataset
-    from vgg16.decoding import decoding_for
+    from vgg16.data.pipeline import AugmentedDataset
+    from vgg16.data.decoding import decoding_for
 
     train = AugmentedDataset(load_source(str(image_folder), seed=0).train, train_transform(image_size=32, small=False), 0)
     decoding = decoding_for(False, "cpu")
@@ -158,7 +158,7 @@ def test_host_feed_is_the_dataset_itself(image_folder):
 
 @pytest.mark.parametrize("layout", ["jpeg-only", "mixed-formats", "with-a-truncated-jpeg"])
 def test_gpu_decode_path_gives_the_cpu_paths_images(tmp_path, layout, monkeypatch):
-    from vgg16.data import AugmentedDataset
+    from vgg16.data.pipeline import AugmentedDataset
 
     root = _jpeg_folder(tmp_path / "j") if layout != "mixed-formats" else make_image_folder(tmp_path / "m")
     if layout == "with-a-truncated-jpeg":
@@ -183,7 +183,7 @@ def test_device_check_quick_measures_or_explains_every_item(tmp_path):
     """The device check in its reduced form on this CPU: both report files, every item measured or passed, or
     skipped with the reason (no GPU here), and the correctness items run for real."""
     out = tmp_path / "check"
-    done = subprocess.run([sys.executable, "-m", "vgg16.device_check", "--quick", "--arch", "vgg11", "--image-size", "32",
+    done = subprocess.run([sys.executable, "-m", "vgg16.tools.device_check", "--quick", "--arch", "vgg11", "--image-size", "32",
                            "--output-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -208,7 +208,7 @@ def test_device_check_quick_measures_or_explains_every_item(tmp_path):
 
 def test_device_check_errors_are_one_line(tmp_path):
     (tmp_path / "a_file").write_text("")
-    done = subprocess.run([sys.executable, "-m", "vgg16.device_check", "--quick", "--output-dir",
+    done = subprocess.run([sys.executable, "-m", "vgg16.tools.device_check", "--quick", "--output-dir",
                            str(tmp_path / "a_file" / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "--output-dir" in done.stderr

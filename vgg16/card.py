@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .data import eval_sizes
+from .data.pipeline import eval_sizes
 from .report import amp_type, results_table
 
 

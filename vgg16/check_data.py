@@ -15,9 +15,9 @@ from typing import Optional, Sequence
 
 import datasets
 
-from .data import BAD_IMAGE_ERRORS, decode_image, describe
+from .data.pipeline import BAD_IMAGE_ERRORS, decode_image, describe
 from .errors import UsageError, one_line
-from .sources import load_source
+from .data.sources import load_source
 
 _split: Optional[datasets.Dataset] = None
 

@@ -30,12 +30,12 @@ from accelerate.utils import tqdm
 from datasets.arrow_writer import ParquetWriter
 from torch.utils.data import DataLoader, Dataset
 
-from .data import AugmentedDataset, eval_transform
+from .data.pipeline import AugmentedDataset, eval_transform
 from .engine import Normalizer
 from .errors import UsageError, one_line
 from .launch import default_workers
 from .model import build_model, head_of, num_classes_of
-from .sources import load_source
+from .data.sources import load_source
 from .weights import Weights, resolve_weights
 
 LAYERS = {"pool5": "flatten", "fc6": "classifier.1", "fc7": "classifier.4", "logits": "classifier.6"}

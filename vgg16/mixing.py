@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torchvision.transforms import v2
 
-from .data import seeded
+from .data.pipeline import seeded
 
 
 def mix_seed(seed: int, epoch: int, micro_step: int, rank: int) -> int:

@@ -14,11 +14,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from .data import BAD_IMAGE_ERRORS, decode_image, eval_sizes, eval_transform
+from .data.pipeline import BAD_IMAGE_ERRORS, decode_image, eval_sizes, eval_transform
 from .engine import Normalizer
 from .errors import UsageError, one_line
 from .hub import from_pretrained
-from .folders import IMG_EXTENSIONS
+from .data.folders import IMG_EXTENSIONS
 
 
 @torch.no_grad()

@@ -22,13 +22,13 @@ from torch import nn
 from . import checkpoint as ckpt
 from .cli import parse_args
 from .config import TrainConfig
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from .data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from .ema import ModelEMA, ema_decay
 from .engine import EpochPlan, Normalizer, NonFiniteLoss, StepOptions, evaluate, train_one_epoch
 from .errors import SaidByMainProcess, UsageError, lost_a_peer, one_line, process_label
 from .card import model_card
 from .hub import BackgroundPusher, PushFailed, push_to_hub
-from .inputs import Inputs, build_inputs
+from .data.inputs import Inputs, build_inputs
 from .launch import synchronize, assert_processes_agree, device_name, make_accelerator, use_cpu_cores
 from .report import plot_curves, write_results_md
 from .metrics import ThroughputMeter

@@ -25,7 +25,7 @@ from huggingface_hub import is_offline_mode
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from .data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UsageError
 
 WEIGHTS = "model.safetensors"

@@ -2,7 +2,7 @@
 photographs scikit-image ships (read as plain files, without importing skimage), one class per photograph, saved
 as JPEG. The device check times decoding on them (ImageNet's JPEGs are about 500x375) and the tests train on them.
 
-    python -m vgg16.photos OUT [--train 64 --val 16 --size 500x375] [--parquet SHARDS]
+    python -m vgg16.tools.photos OUT [--train 64 --val 16 --size 500x375] [--parquet SHARDS]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import UsageError
+from ..errors import UsageError
 
 # Photographs (not drawings or test charts) in skimage/data, the first four in colour.
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "motorcycle_left.png",
@@ -81,7 +81,7 @@ def folder_to_parquet(folder: Path, output: Path, shards: int, seed: int = 0) ->
     whole."""
     import datasets
 
-    from .folders import scan_class_folder
+    from ..data.folders import scan_class_folder
 
     for split, out_name, n_shards in (("train", "train", shards), ("val", "validation", max(1, shards // 8))):
         scan = scan_class_folder(Path(folder) / split)
@@ -99,7 +99,7 @@ def folder_to_parquet(folder: Path, output: Path, shards: int, seed: int = 0) ->
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vgg16.photos", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vgg16.tools.photos", description=__doc__.splitlines()[0])
     parser.add_argument("output")
     parser.add_argument("--train", type=int, default=64, help="crops per class for train")
     parser.add_argument("--val", type=int, default=16, help="crops per class for val")

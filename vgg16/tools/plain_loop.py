@@ -2,11 +2,11 @@
 accuracy: torchvision's ImageFolder with PIL, v2 transforms on float tensors, torchvision's VGG with the same
 small-image head, SGD with warm-up + cosine per step, no Accelerate.
 
-    python -m vgg16.plain_loop --data DIR -a vgg16_bn --image-size 32 --epochs 5 --batch-size 64 --lr 0.05 \
+    python -m vgg16.tools.plain_loop --data DIR -a vgg16_bn --image-size 32 --epochs 5 --batch-size 64 --lr 0.05 \
         --warmup-epochs 1 --weight-decay 5e-4
 
 prints top-1 after every epoch and a JSON line at the end. Compare with `train_vgg16.py` given the same options
-and `--hflip 0 --lr-scheduler cosine`. Deliberately independent of vgg16.data/engine/optim: it shares nothing with
+and `--hflip 0 --lr-scheduler cosine`. Deliberately independent of vgg16.data.pipeline/engine/optim: it shares nothing with
 the trainer but the idea of the head.
 """
 
@@ -39,7 +39,7 @@ def small_head_vgg(arch: str, num_classes: int, dropout: float) -> nn.Module:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vgg16.plain_loop", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m vgg16.tools.plain_loop", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="folder with train/ and val/ class folders")
     p.add_argument("-a", "--arch", default="vgg16_bn")
     p.add_argument("--image-size", type=int, default=32)

@@ -1,6 +1,6 @@
 """Where a batch is decoded and how it reaches the device: one shape for the CPU path and for --gpu-decode.
 
-The map-style inputs (vgg16/inputs.py) ask `decoding_for(gpu_decode, device)` for a `Decoding` and uses it the same way either way:
+The map-style inputs (vgg16/data/inputs.py) ask `decoding_for(gpu_decode, device)` for a `Decoding` and uses it the same way either way:
 `decoding.feed(split)` gives the dataset the DataLoader indexes and the function that turns one loader batch into
 (uint8 NCHW images, labels, bad flags) on the device; `collate_fn` and `loader_on_device` go to the DataLoader and
 to `accelerator.prepare`.
@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import Dataset
 
-from .data import AugmentedDataset
+from .pipeline import AugmentedDataset
 from .gpu_decode import BatchDecoder, EncodedImages, collate_encoded
 
 

@@ -3,7 +3,7 @@
 Two paths behind one shape (`Inputs`):
 - map-style (every source but --streaming): a `datasets.Dataset` indexed by a shuffled DataLoader that
   `accelerator.prepare` shards; a mid-epoch resume skips batches with `accelerator.skip_first_batches`.
-- --streaming (parquet, vgg16/streaming.py): each process streams its own equal span; the loaders are NOT passed
+- --streaming (parquet, vgg16/data/streaming.py): each process streams its own equal span; the loaders are NOT passed
   to `accelerator.prepare` (it would shard the stream again, accelerate#3547), so their batches are moved to the
   device here, and a mid-epoch resume starts the stream at the batch to come.
 """
@@ -17,13 +17,13 @@ from typing import Callable, Optional
 from accelerate.utils import broadcast_object_list, send_to_device
 from torch.utils.data import DataLoader
 
-from .config import TrainConfig
-from .data import (AugmentedDataset, RepeatedAugmentation, SyntheticImages, build_loaders, eval_transform,
+from ..config import TrainConfig
+from .pipeline import (AugmentedDataset, RepeatedAugmentation, SyntheticImages, build_loaders, eval_transform,
                    train_transform)
 from .decoding import decoding_for
-from .errors import UsageError
-from .launch import default_workers
-from .model import head_for
+from ..errors import UsageError
+from ..launch import default_workers
+from ..model import head_for
 from .shards import load_parquet_source, open_parquet
 from .sources import first_image_is_small, load_source
 from .streaming import ParquetStream, StreamPlan, stream_loader, train_batches, val_batches

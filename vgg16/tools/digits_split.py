@@ -1,7 +1,7 @@
 """A transfer-learning task made from the embedded digits: a source task (digits 0-4, every image) and a target
 task (digits 5-9, a few training images per class, every validation image), as two ImageNet-layout folders.
 
-    python -m vgg16.digits_split OUT [--shots 8] [--seed 0]
+    python -m vgg16.tools.digits_split OUT [--shots 8] [--seed 0]
 
 writes OUT/digits-0-4/{train,val}/<digit>/*.png and OUT/digits-5-9/{train,val}/<digit>/*.png. Train a model on
 the first, then fine-tune it on the second (README: Fine-tuning): the figures there come from these folders.
@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .sources import load_digits
+from ..data.sources import load_digits
 
 SOURCE, TARGET = range(0, 5), range(5, 10)
 
@@ -48,7 +48,7 @@ def make_digit_split(out: Path, shots: int = 8, seed: int = 0) -> tuple[Path, Pa
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vgg16.digits_split", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vgg16.tools.digits_split", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--shots", type=int, default=8, help="training images per class of the target task")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-"""device_report.json and device_report.md from the device check's findings (vgg16.device_check)."""
+"""device_report.json and device_report.md from the device check's findings (vgg16.tools.device_check)."""
 
 from __future__ import annotations
 

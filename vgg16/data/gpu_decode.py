@@ -5,7 +5,7 @@ path. For a node of fast GPUs whose CPUs cannot decode ImageNet fast enough.
 The tests run this exact path with device='cpu' (same functions, CPU decoder) and check it gives the CPU path's
 images bit for bit. On an H100 (torchvision 0.26) nvJPEG's images differed from libjpeg's by 0.27 on average
 (rounding; labels identical), and with 16 CPU cores it was the slower way: 2,245 images/s against 3,858 for
-8 decoding workers (`python -m vgg16.device_check`). It pays where CPUs are few per GPU.
+8 decoding workers (`python -m vgg16.tools.device_check`). It pays where CPUs are few per GPU.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .data import AugmentedDataset, read_bytes, sample_seed, seeded
+from .pipeline import AugmentedDataset, read_bytes, sample_seed, seeded
 
 
 class EncodedImages(Dataset):

@@ -7,7 +7,7 @@ folder in the hub layout (`data/train-00000-of-00294.parquet`, `plain_text/test-
 by byte ranges. `datasets`' own `IterableDataset` is not used for reading: `split_dataset_by_node` gives whole
 shards per process, so processes see unequal counts (and DDP hangs) unless the shard count divides evenly, and
 falls back to every process reading everything when it does not (design.md; datasets#6437). Row-group
-metadata lets us give every process an equal span of rows instead (vgg16/streaming.py).
+metadata lets us give every process an equal span of rows instead (vgg16/data/streaming.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 
-from .errors import UsageError
+from ..errors import UsageError
 from .sources import VAL_SPLIT_NAMES, check_hub_name, image_and_label_columns
 
 

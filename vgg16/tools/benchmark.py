@@ -1,8 +1,8 @@
 """Throughput against the plain PyTorch way, measured in the same run on the same machine.
 
-    python -m vgg16.benchmark data --data DIR [--batch-size 64 --workers N --steps 50 --eval]
-    python -m vgg16.benchmark stream --data PARQUET_DIR [--batch-size 64 --workers N --steps 50]
-    python -m vgg16.benchmark train [--arch vgg16 --image-size 224 --batch-size 64 --steps 30 --mixed-precision bf16]
+    python -m vgg16.tools.benchmark data --data DIR [--batch-size 64 --workers N --steps 50 --eval]
+    python -m vgg16.tools.benchmark stream --data PARQUET_DIR [--batch-size 64 --workers N --steps 50]
+    python -m vgg16.tools.benchmark train [--arch vgg16 --image-size 224 --batch-size 64 --steps 30 --mixed-precision bf16]
 
 `data` times our input pipeline (decode + augment to uint8, normalised later on the device) against torchvision's
 ImageFolder + PIL + ToTensor + Normalize on the same folder, workers and batch. `stream` times --streaming against the same
@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .errors import UsageError, one_line
+from ..errors import UsageError, one_line
 
 # Dense peak TFLOP/s of known devices in 16-bit (for FLOP utilisation); add yours with --peak-tflops.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "Ascend910B": 313.0, "Ascend910": 256.0}
@@ -55,8 +55,8 @@ def bench_data(args) -> dict:
     from torchvision import datasets as tv_datasets
     from torchvision import transforms as T
 
-    from .data import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, eval_transform, train_transform
-    from .sources import load_source
+    from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, eval_transform, train_transform
+    from ..data.sources import load_source
 
     source = load_source(args.data, seed=0)
     split = source.val if args.eval else source.train
@@ -102,10 +102,10 @@ def bench_stream(args) -> dict:
 
     import datasets
 
-    from .data import AugmentedDataset, build_loaders, train_transform
-    from .shards import load_parquet_source
-    from .sources import load_parquet_folder
-    from .streaming import ParquetStream, StreamPlan, stream_loader, train_batches
+    from ..data.pipeline import AugmentedDataset, build_loaders, train_transform
+    from ..data.shards import load_parquet_source
+    from ..data.sources import load_parquet_folder
+    from ..data.streaming import ParquetStream, StreamPlan, stream_loader, train_batches
 
     transform = train_transform(image_size=224, small=False)
     started = time.perf_counter()
@@ -163,13 +163,13 @@ def bench_train(args) -> list:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .data import IMAGENET_MEAN, IMAGENET_STD, SyntheticImages
-    from .engine import EpochPlan, Normalizer, train_one_epoch
-    from .launch import dataloader_configuration, device_name, synchronize
-    from .metrics import ThroughputMeter
-    from .model import build_model, head_for
-    from .optim import build_optimizer, use_fused
-    from .preempt import StopAgreement, StopRequest
+    from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, SyntheticImages
+    from ..engine import EpochPlan, Normalizer, train_one_epoch
+    from ..launch import dataloader_configuration, device_name, synchronize
+    from ..metrics import ThroughputMeter
+    from ..model import build_model, head_for
+    from ..optim import build_optimizer, use_fused
+    from ..preempt import StopAgreement, StopRequest
 
     # The trainer's loader settings (non-blocking copies): the first H100 run without them measured a blocking
     # copy per step, not our step.
@@ -288,7 +288,7 @@ def bench_train(args) -> list:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vgg16.benchmark", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vgg16.tools.benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     d = sub.add_parser("data", help="input pipeline against torchvision's ImageFolder")
     d.add_argument("--data", required=True, help="ImageNet-style folder")

@@ -2,7 +2,7 @@
 (datasets.Image) and a `label` (datasets.ClassLabel) column, sharing one class list.
 
 Sources: an ImageNet-style folder, CIFAR-10 (python pickles or the hub's parquet files), a `save_to_disk` folder,
-a hub dataset name, and the embedded digits. The synthetic source lives in `vgg16.data` (it has no files).
+a hub dataset name, and the embedded digits. The synthetic source lives in `vgg16.data.pipeline` (it has no files).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 
-from .errors import UsageError
+from ..errors import UsageError
 from .folders import IMG_EXTENSIONS, scan_class_folder
 
 ASSETS = Path(__file__).parent / "assets"
