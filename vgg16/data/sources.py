@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from ..errors import UsageError
 from .folders import IMG_EXTENSIONS, scan_class_folder
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 VAL_SPLIT_NAMES = ("validation", "val", "valid", "test")
 
 

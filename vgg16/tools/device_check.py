@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import UsageError, one_line
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
