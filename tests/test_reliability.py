@@ -227,13 +227,13 @@ def test_npu_random_state_is_saved_and_restored_with_the_checkpoint(tmp_path, mo
     model = accelerator.prepare(build_model("vgg11", 3, head="small"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(model.parameters(), lr=0.1), lambda s: 1.0)
     saved = npu.get_rng_state_all()
-    folder = ckpt.save_training_state(accelerator, tmp_path / "checkpoints", {"global_step": 3, "scheduler":
-                                                                              scheduler.state_dict()}, name="step_3")
+    folder = ckpt.save_training_state(accelerator, tmp_path / "checkpoints", ckpt.RunState(0, 3, 3, 0.0),
+                                      {"scheduler": scheduler.state_dict()})
     assert (folder / "npu_rng_state_0.safetensors").is_file()
     npu.states = [torch.Generator().manual_seed(99).get_state()] * 2  # the generators move on after the save
     ckpt.load_training_state(accelerator, folder, model, scheduler)
     assert all(torch.equal(a, b) for a, b in zip(npu.states, saved)) and len(npu.states) == 2
     # Without an NPU nothing extra is written.
     monkeypatch.setattr(torch, "npu", None, raising=False)
-    assert not (ckpt.save_training_state(accelerator, tmp_path / "c2", {"global_step": 1, "scheduler": {}},
-                                         name="step_1") / "npu_rng_state_0.safetensors").exists()
+    assert not (ckpt.save_training_state(accelerator, tmp_path / "c2", ckpt.RunState(0, 1, 1, 0.0), {"scheduler": {}})
+                / "npu_rng_state_0.safetensors").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -86,13 +87,34 @@ def latest_checkpoint(output_dir: Path) -> Optional[Path]:
 TORCH_SAVE_IO_ERRORS = ("Parent directory", "cannot be opened", "file write failed", "PytorchStreamWriter failed")
 
 
-def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: dict, *, name: str,
+@dataclass
+class RunState:
+    """Where a run stands, as trainer_state.json records it: `epoch` epochs done and `step_in_epoch` optimizer steps
+    of the next one; `global_step` optimizer steps in all; the best validation top-1 so far."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_acc1: float = 0.0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunState":
+        return cls(values["epoch"], values.get("step_in_epoch", 0), values["global_step"], values["best_acc1"])
+
+    @property
+    def checkpoint_name(self) -> str:
+        """epoch_NNNN at an epoch's end, step_NNNNNNNNN within one."""
+        return f"epoch_{self.epoch:04d}" if self.step_in_epoch == 0 else f"step_{self.global_step:09d}"
+
+
+def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: RunState, extra: dict, *,
                         keep: int = 2) -> Path:
-    """Save the full training state plus `state` (trainer_state.json) as checkpoints_dir/name.
+    """Save the full training state, with `state` and `extra` in trainer_state.json, as checkpoints_dir/NAME
+    (`RunState.checkpoint_name`).
 
     Written to .tmp_<name> and renamed when complete, so a kill or a full disk leaves the previous checkpoints as
     they were; then all but the newest `keep` are deleted (never the one just written).
     """
+    name = state.checkpoint_name
     final, tmp = checkpoints_dir / name, checkpoints_dir / f".tmp_{name}"
     try:
         if accelerator.is_main_process:
@@ -102,7 +124,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: 
         accelerator.save_state(str(tmp))  # every process writes its RNG state; the main one the rest
         save_npu_rng(tmp, accelerator.process_index)
         if accelerator.is_main_process:
-            write_json(tmp / TRAINER_STATE, state)
+            write_json(tmp / TRAINER_STATE, {**asdict(state), **extra})
             shutil.rmtree(final, ignore_errors=True)
             tmp.replace(final)
     except (OSError, SafetensorError, RuntimeError) as e:
@@ -168,8 +190,8 @@ def read_trainer_state(checkpoint: Path) -> dict:
         raise UsageError(f"--resume {checkpoint}: {TRAINER_STATE} is damaged ({e})") from None
 
 
-def load_training_state(accelerator: Accelerator, checkpoint: Path, model: nn.Module, scheduler) -> dict:
-    """Restore model, optimizer, scaler, RNG and scheduler; return the trainer state (epoch, step, best acc1)."""
+def load_training_state(accelerator: Accelerator, checkpoint: Path, model: nn.Module, scheduler) -> RunState:
+    """Restore model, optimizer, scaler, RNG and scheduler; return where the run stood."""
     state = read_trainer_state(checkpoint)
     check_state_dict(accelerator.unwrap_model(model), read_weights(Path(checkpoint) / WEIGHTS), f"--resume {checkpoint}")
     try:
@@ -178,7 +200,7 @@ def load_training_state(accelerator: Accelerator, checkpoint: Path, model: nn.Mo
     except (RuntimeError, OSError, ValueError, EOFError) as e:
         raise UsageError(f"--resume {checkpoint}: could not load the training state ({str(e).splitlines()[0]})") from None
     scheduler.load_state_dict(state["scheduler"])
-    return state
+    return RunState.from_dict(state)
 
 
 def export_model(accelerator: Accelerator, model: nn.Module, output_dir: Path, model_config: dict) -> None:

@@ -1,0 +1,226 @@
+"""The epoch loop of a training run: train, evaluate, checkpoint, export and report after every epoch, resume where
+a checkpoint stood, and stop at a step every process agrees on when a signal asks.
+
+`EpochLoop` holds what the loop shares between its steps (the run's state, its settings, the scheduler); the
+runner builds the model, data and optimizer and hands them over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Optional
+
+from accelerate.utils import ProfileKwargs
+from torch import nn
+
+from . import checkpoint as ckpt
+from .card import model_card
+from .checkpoint import RunState
+from .config import TrainConfig
+from .data.inputs import Inputs
+from .ema import ModelEMA, ema_decay
+from .engine import EpochPlan, Normalizer, StepOptions, evaluate, train_one_epoch
+from .finetune import Freezing
+from .hub import BackgroundPusher
+from .launch import assert_processes_agree, synchronize
+from .metrics import ThroughputMeter
+from .mixing import BatchMixer
+from .optim import build_scheduler, lr_factor, position_scheduler
+from .preempt import Preempted, StopAgreement
+from .report import plot_curves, write_results_md
+from .resume_check import RunSettings, check_resume, replan_schedule
+
+
+def write_reports(output_dir: Path, results: dict, model_config: dict) -> None:
+    """results.json, results.md, curves.png and the model card: the folder is complete after every epoch."""
+    ckpt.write_json(output_dir / "results.json", results)
+    write_results_md(output_dir, results)
+    if results.get("history"):
+        plot_curves(results["history"], output_dir / "curves.png",
+                    f"{results['arch']} on {results['dataset']}, {results['num_processes']}p {results['device_name']}")
+    if (output_dir / ckpt.WEIGHTS).exists():
+        (output_dir / "README.md").write_text(model_card(results, model_config))
+
+
+def step_options(cfg: TrainConfig, accelerator, model, num_classes: int, freezing: Optional[Freezing]) -> StepOptions:
+    """Mixup/cutmix, gradient clipping, the EMA and the frozen layers, as the recipe and options ask."""
+    mixer = BatchMixer(num_classes, mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, seed=cfg.seed,
+                       rank=accelerator.process_index)
+    ema = None
+    if cfg.model_ema:
+        decay = ema_decay(cfg.model_ema_decay, world_size=accelerator.num_processes, batch_size=cfg.batch_size,
+                          ema_steps=cfg.model_ema_steps, epochs=cfg.epochs)
+        ema = ModelEMA(accelerator.unwrap_model(model), decay=decay, every=cfg.model_ema_steps,
+                       warmup_epochs=cfg.warmup_epochs)
+    return StepOptions(mixer=mixer if mixer.active else None, clip_grad_norm=cfg.clip_grad_norm, ema=ema,
+                       freezing=freezing)
+
+
+def _profiler(cfg: TrainConfig, accelerator, output_dir: Path, first: bool):
+    """--prof: OUTPUT/profile/profile_<rank>.json, a Chrome trace (chrome://tracing, Perfetto) of steps 3-5."""
+    if not (cfg.prof and first):
+        return nullcontext()
+    activities = ["cpu"] + (["cuda"] if accelerator.device.type == "cuda" else [])
+    handler = ProfileKwargs(activities=activities, schedule_option={"wait": 1, "warmup": 1, "active": 3, "repeat": 1},
+                            output_trace_dir=str(output_dir / "profile"), record_shapes=True)
+    return accelerator.profile(handler)
+
+
+def _schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    per_epoch = cfg.lr_update == "epoch"
+    warmup = cfg.warmup_epochs if not per_epoch else math.ceil(cfg.warmup_epochs)
+    factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
+                       warmup_steps=round(warmup * steps_per_epoch), step_size=cfg.lr_step_size, gamma=cfg.lr_gamma,
+                       warmup_method=cfg.lr_warmup_method, warmup_decay=cfg.lr_warmup_decay,
+                       min_factor=cfg.lr_min / optimizer.defaults["lr"] if optimizer.defaults["lr"] else 0.0,
+                       per_epoch=per_epoch)
+    return build_scheduler(optimizer, factor)
+
+
+class EpochLoop:
+    """One run's epochs, from its start (or the checkpoint it resumes) to its last; `results` is updated in place
+    and written after every epoch."""
+
+    def __init__(self, cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader,
+                 normalize: Normalizer, inputs: Inputs, model_config: dict, results: dict, log: Callable[[str], None],
+                 pusher: Optional[BackgroundPusher] = None, freezing: Optional[Freezing] = None,
+                 stop: Optional[StopAgreement] = None):
+        self.cfg, self.accelerator, self.model, self.optimizer = cfg, accelerator, model, optimizer
+        self.train_loader, self.val_loader, self.normalize, self.inputs = train_loader, val_loader, normalize, inputs
+        self.model_config, self.results, self.log, self.pusher, self.stop = model_config, results, log, pusher, stop
+        self.output_dir = Path(cfg.output_dir)
+        self.checkpoints = self.output_dir / "checkpoints"
+        self.steps_per_epoch = len(train_loader) // cfg.grad_accum
+        self.scheduler = _schedule(cfg, optimizer, self.steps_per_epoch)
+        self.settings = RunSettings(
+            per_process_batch=cfg.batch_size, processes=accelerator.num_processes, grad_accum=cfg.grad_accum,
+            seed=cfg.seed, train_images=inputs.train_images, data_fingerprint=inputs.data_fingerprint,
+            steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, lr=optimizer.defaults["lr"],
+            lr_scheduler=cfg.lr_scheduler, lr_update=cfg.lr_update, warmup_epochs=cfg.warmup_epochs,
+            recipe=cfg.recipe, arch=cfg.arch)
+        self.options = step_options(cfg, accelerator, model, len(model_config["class_names"]), freezing)
+        if self.options.ema is not None:
+            accelerator.register_for_checkpointing(self.options.ema)  # before load_state: the average resumes too
+        self.state = self._start()
+        self.epoch = self.state.epoch
+
+    def _start(self) -> RunState:
+        """Where training starts: a fresh run, the checkpoint --resume names, or --start-epoch."""
+        cfg, state = self.cfg, RunState()
+        if cfg.resume:
+            planned_base_lrs = list(self.scheduler.base_lrs)  # a checkpoint's scheduler brings the lr it was saved with
+            saved_state = ckpt.read_trainer_state(cfg.resume)
+            saved = RunSettings.from_dict(saved_state.get("settings"))
+            changed = check_resume(cfg.resume, saved, self.settings, mid_epoch=saved_state.get("step_in_epoch", 0) > 0,
+                                   epoch_checkpoint=ckpt.newest_epoch_checkpoint(self.output_dir))
+            state = ckpt.load_training_state(self.accelerator, Path(cfg.resume), self.model, self.scheduler)
+            self.log(f"resumed from {cfg.resume}: epoch {state.epoch + 1}, step {state.step_in_epoch} of "
+                     f"{self.steps_per_epoch} ({state.global_step} optimizer steps done)")
+            if changed:
+                self.log("note: " + replan_schedule(self.scheduler, planned_base_lrs, saved, self.settings, changed,
+                                                    epoch=state.epoch, step_in_epoch=state.step_in_epoch))
+            assert_processes_agree(self.accelerator, "the epoch and step to resume at",
+                                   (state.epoch, state.step_in_epoch, state.global_step))
+        if cfg.start_epoch is not None:
+            state = RunState(cfg.start_epoch, 0, cfg.start_epoch * self.steps_per_epoch, state.best_acc1)
+            position_scheduler(self.scheduler, state.global_step)
+        return state
+
+    def _save(self, state: RunState) -> Path:
+        extra = {"scheduler": self.scheduler.state_dict(), "model": self.model_config,
+                 "settings": self.settings.to_dict(),
+                 **({"streaming": self.inputs.streaming} if self.inputs.streaming else {})}
+        return ckpt.save_training_state(self.accelerator, self.checkpoints, state, extra, keep=self.cfg.keep_checkpoints)
+
+    def _after_step(self, step_in_epoch: int, global_step: int, ensure_finite) -> bool:
+        """After each optimizer step but an epoch's last: the stop check, then --checkpoint-every."""
+        if self.stop is not None and self.stop.stop_now():
+            return True  # the checkpoint is written once the epoch's loop has ended
+        if self.cfg.checkpoint_every and global_step % self.cfg.checkpoint_every == 0:
+            ensure_finite()  # never save a model that has seen an inf/nan loss
+            self._save(RunState(self.epoch, step_in_epoch, global_step, self.state.best_acc1))
+        return False
+
+    def _preempted(self, saved: Path) -> Preempted:
+        signal_name, step = self.stop.request.signal_name, self.state.global_step
+        self.results.update(status="preempted", steps=step,
+                            stopped={"signal": signal_name, "step": step, "checkpoint": str(saved)})
+        if self.accelerator.is_main_process:
+            write_reports(self.output_dir, self.results, self.model_config)
+        return Preempted(signal_name, step, str(saved))
+
+    def run(self) -> None:
+        cfg, accelerator, state = self.cfg, self.accelerator, self.state
+        meter = ThroughputMeter(lambda: synchronize(accelerator.device))
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # takes mixup's soft targets too
+        started, skipped, history = time.time(), 0, self.results.setdefault("history", [])
+        progress = sys.stdout.isatty()  # a bar in a terminal; plain lines in logs (CI, nohup, files)
+        start_epoch = state.epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            self.epoch = epoch
+            remaining = cfg.stop_step_num - state.global_step if cfg.stop_step_num else self.steps_per_epoch
+            if remaining <= 0:
+                break
+            first = state.step_in_epoch if epoch == start_epoch else 0
+            loader = self.inputs.epoch_loader(accelerator, self.train_loader, epoch, first * cfg.grad_accum)
+            plan = EpochPlan(epoch, cfg.epochs, min(self.steps_per_epoch - first, remaining), cfg.print_freq, first,
+                             state.global_step, recipe=cfg.recipe)
+            with _profiler(cfg, accelerator, self.output_dir, first=epoch == start_epoch) as profiler:
+                stats = train_one_epoch(self.model, loader, self.optimizer, self.scheduler, criterion, accelerator,
+                                        self.normalize, meter, plan, self.log, profiler, after_step=self._after_step,
+                                        progress=progress, prepare_batch=self.inputs.train_prepare,
+                                        options=self.options)
+            state.global_step += stats["steps"]
+            skipped += stats["skipped_steps"]
+            finished = first + stats["steps"] == self.steps_per_epoch
+            state.epoch, state.step_in_epoch = (epoch + 1, 0) if finished else (epoch, first + stats["steps"])
+            if stats["stopped"]:
+                raise self._preempted(self._save(dataclasses.replace(state)))
+            metrics, use_ema = self._evaluate()
+            state.best_acc1 = max(state.best_acc1, metrics["acc1"])
+            saved = self._save(dataclasses.replace(state))
+            ckpt.export_model(accelerator, self.options.ema.module if use_ema else self.model, self.output_dir,
+                              self.model_config)
+            self.results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], best_acc1=state.best_acc1,
+                                val_images=metrics["count"], val_loss=metrics["loss"], train_loss=stats["loss"],
+                                fps=meter.fps, epochs=epoch + 1, steps=state.global_step,
+                                bad_images=stats["bad_images"] + metrics["bad_images"], fp16_skipped_steps=skipped,
+                                train_seconds=round(time.time() - started, 1),
+                                exported_weights=self.model_config["weights"])
+            history.append({"epoch": epoch + 1, "steps": state.global_step, "train_loss": stats["loss"],
+                            "val_loss": metrics["loss"], "acc1": metrics["acc1"], "acc5": metrics["acc5"],
+                            "fps": meter.epoch_fps, **{k: v for k, v in metrics.items() if k.startswith("ema_")}})
+            self.results.update({k: v for k, v in metrics.items() if k.startswith("ema_")})
+            accelerator.log({"val/acc1": metrics["acc1"], "val/acc5": metrics["acc5"], "val/loss": metrics["loss"],
+                             "train/epoch_loss": stats["loss"], "train/epoch_fps": meter.epoch_fps, "epoch": epoch + 1},
+                            step=state.global_step)
+            if stats["bad_images"] or metrics["bad_images"]:
+                self.log(f"{stats['bad_images']} unreadable training and {metrics['bad_images']} validation image(s) "
+                         "skipped this epoch (python -m vgg16.check_data lists them)")
+            if accelerator.is_main_process:
+                write_reports(self.output_dir, self.results, self.model_config)
+                if self.pusher is not None:  # --hub-strategy every_save: the copy is the only wait
+                    self.pusher.submit(self.output_dir, f"epoch {epoch + 1}")
+            # A signal during the epoch's last step or its evaluation: that epoch is complete and saved; stop here.
+            if epoch + 1 < cfg.epochs and self.stop is not None and self.stop.stop_now():
+                raise self._preempted(saved)
+
+    def _evaluate(self) -> tuple[dict, bool]:
+        """The model's validation metrics (plus ema_acc1/ema_acc5 with --model-ema) and whether the EMA is the
+        better one, which is then the model exported."""
+        metrics = evaluate(self.model, self.val_loader, self.accelerator, self.normalize, log=self.log,
+                           prepare_batch=self.inputs.val_prepare)
+        use_ema = False
+        if self.options.ema is not None:
+            ema = evaluate(self.options.ema.module, self.val_loader, self.accelerator, self.normalize,
+                           prepare_batch=self.inputs.val_prepare)
+            self.log(f"validation (EMA): acc1 {ema['acc1']:.3f}  acc5 {ema['acc5']:.3f}")
+            use_ema = ema["acc1"] > metrics["acc1"]
+            metrics = {**metrics, "ema_acc1": ema["acc1"], "ema_acc5": ema["acc5"]}
+        self.model_config["weights"] = "ema" if use_ema else "model"
+        return metrics, use_ema
