@@ -30,6 +30,7 @@ from accelerate.utils import tqdm
 from datasets.arrow_writer import ParquetWriter
 from torch.utils.data import DataLoader, Dataset
 
+from .config import default_val_resize
 from .data.pipeline import AugmentedDataset, eval_transform
 from .engine import Normalizer
 from .errors import UsageError, one_line
@@ -129,7 +130,7 @@ def _sizes(weights: Weights, image_size: Optional[int]) -> tuple:
     """(train crop, resize, crop): --image-size, else what the weights were made for (their meta or config.json)."""
     if image_size:
         small = image_size < 64
-        return image_size, image_size if small else round(image_size * 256 / 224), image_size
+        return image_size, default_val_resize(image_size, small), image_size
     if head_of(weights.state) == "small":
         size = int(weights.config.get("image_size") or 32)
         return size, size, size

@@ -29,6 +29,7 @@ from .finetune import Freezing
 from .hub import BackgroundPusher
 from .launch import assert_processes_agree, synchronize
 from .metrics import ThroughputMeter
+from .model import ModelConfig
 from .mixing import BatchMixer
 from .optim import build_scheduler, lr_factor, position_scheduler
 from .preempt import Preempted, StopAgreement
@@ -36,7 +37,7 @@ from .report import plot_curves, write_results_md
 from .resume_check import RunSettings, check_resume, replan_schedule
 
 
-def write_reports(output_dir: Path, results: dict, model_config: dict) -> None:
+def write_reports(output_dir: Path, results: dict, model_config: ModelConfig) -> None:
     """results.json, results.md, curves.png and the model card: the folder is complete after every epoch."""
     ckpt.write_json(output_dir / "results.json", results)
     write_results_md(output_dir, results)
@@ -44,7 +45,7 @@ def write_reports(output_dir: Path, results: dict, model_config: dict) -> None:
         plot_curves(results["history"], output_dir / "curves.png",
                     f"{results['arch']} on {results['dataset']}, {results['num_processes']}p {results['device_name']}")
     if (output_dir / ckpt.WEIGHTS).exists():
-        (output_dir / "README.md").write_text(model_card(results, model_config))
+        (output_dir / "README.md").write_text(model_card(results, model_config.to_dict()))
 
 
 def step_options(cfg: TrainConfig, accelerator, model, num_classes: int, freezing: Optional[Freezing]) -> StepOptions:
@@ -87,7 +88,7 @@ class EpochLoop:
     and written after every epoch."""
 
     def __init__(self, cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader,
-                 normalize: Normalizer, inputs: Inputs, model_config: dict, results: dict, log: Callable[[str], None],
+                 normalize: Normalizer, inputs: Inputs, model_config: ModelConfig, results: dict, log: Callable[[str], None],
                  pusher: Optional[BackgroundPusher] = None, freezing: Optional[Freezing] = None,
                  stop: Optional[StopAgreement] = None):
         self.cfg, self.accelerator, self.model, self.optimizer = cfg, accelerator, model, optimizer
@@ -103,7 +104,7 @@ class EpochLoop:
             steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, lr=optimizer.defaults["lr"],
             lr_scheduler=cfg.lr_scheduler, lr_update=cfg.lr_update, warmup_epochs=cfg.warmup_epochs,
             recipe=cfg.recipe, arch=cfg.arch)
-        self.options = step_options(cfg, accelerator, model, len(model_config["class_names"]), freezing)
+        self.options = step_options(cfg, accelerator, model, model_config.num_classes, freezing)
         if self.options.ema is not None:
             accelerator.register_for_checkpointing(self.options.ema)  # before load_state: the average resumes too
         self.state = self._start()
@@ -132,7 +133,7 @@ class EpochLoop:
         return state
 
     def _save(self, state: RunState) -> Path:
-        extra = {"scheduler": self.scheduler.state_dict(), "model": self.model_config,
+        extra = {"scheduler": self.scheduler.state_dict(), "model": self.model_config.to_dict(),
                  "settings": self.settings.to_dict(),
                  **({"streaming": self.inputs.streaming} if self.inputs.streaming else {})}
         return ckpt.save_training_state(self.accelerator, self.checkpoints, state, extra, keep=self.cfg.keep_checkpoints)
@@ -185,13 +186,13 @@ class EpochLoop:
             state.best_acc1 = max(state.best_acc1, metrics["acc1"])
             saved = self._save(dataclasses.replace(state))
             ckpt.export_model(accelerator, self.options.ema.module if use_ema else self.model, self.output_dir,
-                              self.model_config)
+                              self.model_config.to_dict())
             self.results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], best_acc1=state.best_acc1,
                                 val_images=metrics["count"], val_loss=metrics["loss"], train_loss=stats["loss"],
                                 fps=meter.fps, epochs=epoch + 1, steps=state.global_step,
                                 bad_images=stats["bad_images"] + metrics["bad_images"], fp16_skipped_steps=skipped,
                                 train_seconds=round(time.time() - started, 1),
-                                exported_weights=self.model_config["weights"])
+                                exported_weights=self.model_config.weights)
             history.append({"epoch": epoch + 1, "steps": state.global_step, "train_loss": stats["loss"],
                             "val_loss": metrics["loss"], "acc1": metrics["acc1"], "acc5": metrics["acc5"],
                             "fps": meter.epoch_fps, **{k: v for k, v in metrics.items() if k.startswith("ema_")}})
@@ -222,5 +223,5 @@ class EpochLoop:
             self.log(f"validation (EMA): acc1 {ema['acc1']:.3f}  acc5 {ema['acc5']:.3f}")
             use_ema = ema["acc1"] > metrics["acc1"]
             metrics = {**metrics, "ema_acc1": ema["acc1"], "ema_acc5": ema["acc5"]}
-        self.model_config["weights"] = "ema" if use_ema else "model"
+        self.model_config.weights = "ema" if use_ema else "model"
         return metrics, use_ema

@@ -39,8 +39,7 @@ def synchronize(device: torch.device) -> None:
 def dataloader_configuration() -> DataLoaderConfiguration:
     """Seedable sampler: the shuffle order depends on (seed, epoch) only, so a resumed run sees the same order.
     non_blocking: host-to-device copies overlap compute (the loaders pin memory). Without it each batch's copy
-    waits for the queued step (an H100 profile of the benchmark, which lacked this setting, showed a
-    cudaStreamSynchronize per copy and 2,711 images/s against 3,302 with the batches already on the device)."""
+    waits for the queued step: a host sync per batch (docs/performance.md has what it cost on an H100)."""
     return DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True)
 
 
@@ -156,7 +155,7 @@ def use_cpu_cores(accelerator: Accelerator):
     """On CPU, give each process its share of the cores; return a note when that changed the thread count.
 
     `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves training speed on a 2-core
-    machine with one process (measured: 57 against 115 images/s on the embedded digits). We cannot tell that 1
+    machine with one process (docs/performance.md). We cannot tell that 1
     from a user's own choice, so `--num_cpu_threads_per_process 1` is overridden too; any other value is kept.
     """
     if accelerator.device.type != "cpu":

@@ -5,9 +5,13 @@ No Accelerate here: a model is a plain `nn.Module` whose state_dict uses torchvi
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Optional
+
 from torch import nn
 from torchvision import models
 
+from .data.pipeline import IMAGENET_MEAN, IMAGENET_STD, eval_sizes
 from .errors import UsageError
 
 # Below this input size the five max-pools leave at most a 1x1 map, and torchvision's head (7x7x512 -> 4096)
@@ -74,6 +78,37 @@ def check_state_dict(model: nn.Module, state_dict: dict, source: str) -> None:
                              f"expected {tuple(tensor.shape)}; check --arch and --image-size")
 
 
+@dataclass
+class ModelConfig:
+    """A model folder's config.json (before `with_timm_fields` adds timm's keys): what vgg16.hub, predict and a
+    torchvision or timm user need to rebuild the model and feed it."""
+    arch: str
+    num_classes: int
+    image_size: int
+    head: str
+    dropout: float
+    class_names: list
+    mean: list
+    std: list
+    val_resize_size: int
+    val_crop_size: int
+    interpolation: str
+    recipe: str
+    weights: str = "model"
+    """Which weights the folder holds: the model's, or its EMA's when the average validated better."""
+    library: str = "vgg16"
+    pretrained: Optional[str] = None
+    """What --pretrained was given; started_from says what of it was kept, base_model names its hub repo."""
+    started_from: Optional[str] = None
+    base_model: Optional[str] = None
+    frozen: Optional[str] = None
+    backbone_lr_scale: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        """The keys that are set (a run from scratch has no pretrained, frozen, ... keys)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 def with_timm_fields(config: dict) -> dict:
     """config.json plus what timm reads from it (`timm.create_model("local-dir:DIR")`, `"hf-hub:USER/NAME"`):
     architecture, num_classes, label_names and a pretrained_cfg with the evaluation transform we use. timm's VGG
@@ -81,13 +116,12 @@ def with_timm_fields(config: dict) -> dict:
     counterpart: those configs are returned unchanged (their model card says so)."""
     if config.get("head", "imagenet") != "imagenet":
         return dict(config)
-    crop = config.get("val_crop_size") or config.get("image_size") or 224
-    resize = config.get("val_resize_size") or round(crop * 256 / 224)
+    resize, crop = eval_sizes({"image_size": 224, **config})
     return {**config, "architecture": config["arch"], "num_classes": config["num_classes"],
             "label_names": list(config.get("class_names") or [str(i) for i in range(config["num_classes"])]),
             "pretrained_cfg": {"input_size": [3, crop, crop], "interpolation": config.get("interpolation", "bilinear"),
                                "crop_pct": round(crop / resize, 4), "crop_mode": "center",
-                               "mean": list(config.get("mean", (0.485, 0.456, 0.406))),
-                               "std": list(config.get("std", (0.229, 0.224, 0.225))),
+                               "mean": list(config.get("mean", IMAGENET_MEAN)),
+                               "std": list(config.get("std", IMAGENET_STD)),
                                "num_classes": config["num_classes"], "first_conv": "features.0",
                                "classifier": "head.fc"}}

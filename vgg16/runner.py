@@ -27,7 +27,7 @@ from .finetune import freezing_for, load_start, start_weights
 from .fit import EpochLoop, write_reports
 from .hub import BackgroundPusher, PushFailed, push_to_hub
 from .launch import device_name, make_accelerator, use_cpu_cores
-from .model import build_model, check_state_dict, count_parameters, head_for, num_classes_of
+from .model import ModelConfig, build_model, check_state_dict, count_parameters, head_for, num_classes_of
 from .optim import build_optimizer, use_fused
 from .preempt import EXIT_PREEMPTED, Preempted, StopAgreement, StopRequest
 from .run_lock import take_output_dir
@@ -104,14 +104,11 @@ def _run(cfg: TrainConfig, accelerator, stop: Optional[StopAgreement]) -> dict:
     elif cfg.evaluate and cfg.resume:
         _load_checkpoint_weights(cfg, model, len(classes))
     freezing = freezing_for(model, cfg.freeze_features, 0 if cfg.evaluate else cfg.freeze_epochs)
-    model_config = {"arch": cfg.arch, "num_classes": len(classes), "image_size": image_size, "head": head,
-                    "dropout": cfg.dropout, "class_names": classes, "mean": list(mean), "std": list(std),
-                    "val_resize_size": val_resize, "val_crop_size": val_crop, "interpolation": cfg.interpolation,
-                    "recipe": cfg.recipe, "weights": "model", "library": "vgg16",
-                    **({"pretrained": weights.source, "started_from": started_from} if weights else {}),
-                    **({"base_model": weights.hub_id} if weights and weights.hub_id else {}),
-                    **({"frozen": freezing.describe()} if freezing else {}),
-                    **({"backbone_lr_scale": cfg.backbone_lr_scale} if cfg.backbone_lr_scale != 1.0 else {})}
+    model_config = ModelConfig(
+        cfg.arch, len(classes), image_size, head, cfg.dropout, classes, list(mean), list(std), val_resize, val_crop,
+        cfg.interpolation, cfg.recipe, pretrained=weights.source if weights else None, started_from=started_from,
+        base_model=weights.hub_id if weights else None, frozen=freezing.describe() if freezing else None,
+        backbone_lr_scale=cfg.backbone_lr_scale if cfg.backbone_lr_scale != 1.0 else None)
     if inputs.val_images < accelerator.num_processes:
         raise UsageError(f"{inputs.val_images} validation image(s) for {accelerator.num_processes} processes: every "
                          "process needs at least one; launch fewer processes or use a larger validation split")
@@ -180,7 +177,7 @@ def _run(cfg: TrainConfig, accelerator, stop: Optional[StopAgreement]) -> dict:
     return results
 
 
-def _finish(cfg: TrainConfig, accelerator, output_dir: Path, results: dict, model_config: dict, log) -> None:
+def _finish(cfg: TrainConfig, accelerator, output_dir: Path, results: dict, model_config: ModelConfig, log) -> None:
     results["status"] = "finished"
     if accelerator.is_main_process:
         write_reports(output_dir, results, model_config)

@@ -25,6 +25,7 @@ from huggingface_hub import is_offline_mode
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .config import default_val_resize
 from .data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UsageError
 
@@ -59,7 +60,7 @@ class Weights:
     @property
     def sizes(self) -> Optional[tuple]:
         """(train crop, validation resize, validation crop) the weights expect, when they say."""
-        return (self.crop, self.resize or round(self.crop * 256 / 224), self.crop) if self.crop else None
+        return (self.crop, self.resize or default_val_resize(self.crop, False), self.crop) if self.crop else None
 
 
 def infer_arch(state: dict) -> str:

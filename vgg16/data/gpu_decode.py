@@ -3,9 +3,8 @@ torchvision's batched decode_jpeg) and cropped/resized there with the same per-s
 path. For a node of fast GPUs whose CPUs cannot decode ImageNet fast enough.
 
 The tests run this exact path with device='cpu' (same functions, CPU decoder) and check it gives the CPU path's
-images bit for bit. On an H100 (torchvision 0.26) nvJPEG's images differed from libjpeg's by 0.27 on average
-(rounding; labels identical), and with 16 CPU cores it was the slower way: 2,245 images/s against 3,858 for
-8 decoding workers (`python -m vgg16.tools.device_check`). It pays where CPUs are few per GPU.
+images bit for bit; nvJPEG rounds slightly differently from libjpeg. It pays where CPUs are few per GPU: with
+enough cores, decoding workers are faster (docs/performance.md, measured by `python -m vgg16.device_check`).
 """
 
 from __future__ import annotations
@@ -56,8 +55,8 @@ class BatchDecoder:
     def _decode(self, encoded: list) -> list:
         """nvJPEG's hardware decoder writes its outputs before the work already queued on its stream has run
         (pytorch/vision#9606, meta-pytorch/torchcodec#1634), and the caching allocator hands it blocks that queued
-        kernels of the training step still read: on an H100 a --gpu-decode bf16 run turned its loss into nan at
-        step 2 or 13 while the same run with CPU decoding trained. So decode on a stream of our own, where nothing
+        kernels of the training step still read, so decoded images can overwrite a step's inputs (a nan loss, where
+        CPU decoding trains). So decode on a stream of our own, where nothing
         else is queued and whose blocks are never the training stream's, and hand the images over in stream order
         (wait_stream + record_stream), without a host-side sync."""
         if self._stream is None:

@@ -6,7 +6,7 @@ folder in the hub layout (`data/train-00000-of-00294.parquet`, `plain_text/test-
 `load_dataset` would resolve them; a hub file is an `hf://` URL that fsspec (huggingface_hub's file system) reads
 by byte ranges. `datasets`' own `IterableDataset` is not used for reading: `split_dataset_by_node` gives whole
 shards per process, so processes see unequal counts (and DDP hangs) unless the shard count divides evenly, and
-falls back to every process reading everything when it does not (design.md; datasets#6437). Row-group
+falls back to every process reading everything when it does not (datasets#6437). Row-group
 metadata lets us give every process an equal span of rows instead (vgg16/data/streaming.py).
 """
 
