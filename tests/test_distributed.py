@@ -116,6 +116,10 @@ def test_evaluation_counts_each_of_101_images_once_with_1_2_and_3_processes(two_
         figures.append((r["val_images"], r["acc1"], r["acc5"], round(r["val_loss"], 5)))
     assert figures[0][0] == 101
     assert figures[0] == figures[1] == figures[2]
+    # Another validation batch (7: divides neither 101 nor 4) counts the same images to the same figures.
+    assert main([*args[:-1], str(tmp_path / "b7"), "--val-batch-size", "7"]) == 0
+    r = _results(tmp_path / "b7")
+    assert (r["val_images"], r["acc1"], r["acc5"], round(r["val_loss"], 5)) == figures[0]
 
 
 def _free_port():

@@ -145,6 +145,10 @@ class TrainConfig:
         None, "-b", "--batch-size", group=OPTIM, minimum=1,
         help="per process: the global batch is batch size x processes x --grad-accum")
     grad_accum: int = option(1, "--grad-accum", group=OPTIM, minimum=1, help="micro-batches per optimizer step")
+    val_batch_size: Optional[int] = option(
+        None, "--val-batch-size", group=OPTIM, minimum=1,
+        help="validation batch per process (default: --batch-size); evaluation keeps no activations for a backward "
+        "pass, so a larger one fits and finishes sooner")
     lr: Optional[float] = option(None, "--lr", "--learning-rate", group=OPTIM, minimum=0, help="learning rate")
     lr_scale_by_batch: bool = option(False, "--lr-scale-by-batch", group=OPTIM,
                                      help="linear scaling rule: the lr used is --lr x global batch / 256 (printed at "

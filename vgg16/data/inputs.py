@@ -113,6 +113,7 @@ def build_inputs(cfg: TrainConfig, accelerator, stream_state: Optional[dict] = N
     ra_sampler = RepeatedAugmentation(len(train), batch_size=cfg.batch_size, seed=cfg.seed, reps=cfg.ra_reps,
                                       num_processes=accelerator.num_processes) if cfg.ra_sampler else None
     train_loader, val_loader = build_loaders(train_feed.dataset, val_feed.dataset, batch_size=cfg.batch_size,
+                                             val_batch_size=cfg.val_batch_size or cfg.batch_size,
                                              workers=workers, seed=cfg.seed, pin_memory=accelerator.device.type != "cpu",
                                              collate_fn=decoding.collate_fn, train_batch_sampler=ra_sampler)
     return Inputs(train_loader, val_loader, train_feed.prepare, val_feed.prepare, len(train), len(val), classes, name,
@@ -180,8 +181,9 @@ def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Op
         raise UsageError(f"the training set has {train_split.num_rows} images, fewer than one global batch "
                          f"({cfg.batch_size} x {n} processes x {cfg.grad_accum}): lower --batch-size")
     train_plan = StreamPlan(n, rank, cfg.batch_size, nb, streams, cfg.shuffle_buffer, cfg.seed, train=True)
-    val_plan = StreamPlan(n, rank, cfg.batch_size, val_batches(val_split.num_rows, num_processes=n,
-                                                              batch_size=cfg.batch_size), streams, 0, cfg.seed, train=False)
+    val_batch = cfg.val_batch_size or cfg.batch_size
+    val_plan = StreamPlan(n, rank, val_batch, val_batches(val_split.num_rows, num_processes=n, batch_size=val_batch),
+                          streams, 0, cfg.seed, train=False)
     train = ParquetStream(train_split, train_tf, train_plan, strict=cfg.strict_data, image_shape=(3, sizes[0], sizes[0]))
     val = ParquetStream(val_split, val_tf, val_plan, strict=cfg.strict_data, image_shape=(3, sizes[2], sizes[2]))
     pin = accelerator.device.type != "cpu"

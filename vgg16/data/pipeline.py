@@ -11,6 +11,7 @@ import io
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import datasets
 import numpy as np
@@ -270,7 +271,8 @@ class RepeatedAugmentation(torch.utils.data.Sampler):
 
 # ---------------------------------------------------------------- loaders
 def build_loaders(train_set: Dataset, val_set: Dataset, *, batch_size: int, workers: int, seed: int,
-                  pin_memory: bool, collate_fn=None, train_batch_sampler=None) -> tuple[DataLoader, DataLoader]:
+                  pin_memory: bool, collate_fn=None, train_batch_sampler=None,
+                  val_batch_size: Optional[int] = None) -> tuple[DataLoader, DataLoader]:
     """Train: shuffled (a generator of its own, so the order depends on the seed alone), drop_last so every
     process runs the same number of steps; or batches from `train_batch_sampler` (repeated augmentation).
     Val: in order, nothing dropped; Accelerate pads the last batch across processes and `gather_for_metrics`
@@ -288,6 +290,6 @@ def build_loaders(train_set: Dataset, val_set: Dataset, *, batch_size: int, work
                            generator=torch.Generator().manual_seed(seed), **common)
     # A generator for validation too: every new iterator draws a seed, and from the global generator that would
     # shift dropout after a run stopped mid-epoch (--stop-step-num: evaluated, then saved) is resumed.
-    val = DataLoader(val_set, batch_size=batch_size, shuffle=False, drop_last=False,
+    val = DataLoader(val_set, batch_size=val_batch_size or batch_size, shuffle=False, drop_last=False,
                      generator=torch.Generator().manual_seed(seed), **common)
     return train, val
