@@ -7,7 +7,7 @@ the right device from Accelerate's prepared loaders, and precision comes from `a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
@@ -81,45 +81,101 @@ class _NonFiniteWatch:
                                 "saved after it. Lower --lr or add --warmup-epochs, then --resume auto")
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: nn.Module, accelerator: Accelerator,
-                    normalize: Normalizer, meter: ThroughputMeter, plan: EpochPlan, log: Callable[[str], None],
-                    profiler=None, after_step: Optional[Callable] = None, progress: bool = False,
-                    prepare_batch: Callable = tuple, options: StepOptions = StepOptions()) -> dict:
-    """Run `plan.steps` optimizer steps; return mean loss (over all processes), steps, images, bad images and
-    fp16-skipped steps.
+@dataclass
+class Trainee:
+    """What one optimizer step changes: the model through its optimizer, the lr through its scheduler."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+
+
+def normalised_batches(loader: Iterable, prepare_batch: Callable, normalize: Normalizer) -> Iterator[tuple]:
+    """(normalised float images, labels, bad) on the device from a prepared loader; `prepare_batch` turns a loader
+    batch into (uint8 images, labels, bad) there (--gpu-decode decodes in it)."""
+    for batch in loader:
+        images, labels, bad = prepare_batch(batch)
+        yield normalize(images), labels, bad
+
+
+class StepLogger:
+    """An epoch's progress: the loss summed on the device over a window of --print-freq steps (one host sync per
+    window), shown as a bar in a terminal or a line in logs, and sent to Accelerate's trackers; the throughput
+    meter counts every step."""
+
+    def __init__(self, accelerator: Accelerator, plan: EpochPlan, meter: ThroughputMeter, log: Callable[[str], None],
+                 progress: bool = False):
+        self.accelerator, self.plan, self.meter, self.log, self.progress = accelerator, plan, meter, log, progress
+        self.where = f"epoch {plan.epoch + 1}/{plan.epochs}" + (f" [{plan.recipe}]" if plan.recipe else "")
+        self.window_sum = torch.zeros((), device=accelerator.device)
+        self.window_micro = 0
+        self.bar = tqdm(total=plan.first_step + plan.steps, initial=plan.first_step, disable=not progress,
+                        desc=self.where, main_process_only=True, dynamic_ncols=True)
+        meter.begin_epoch(plan.steps)
+
+    def micro_step(self, loss: torch.Tensor) -> None:
+        self.window_sum += loss.detach()
+        self.window_micro += 1
+
+    def optimizer_step(self, steps: int, images: int, lr: float, before_sync: Callable[[], None]) -> None:
+        """After the epoch's `steps`-th optimizer step, which saw `images` images over all processes;
+        `before_sync` runs first at a print step (the non-finite check)."""
+        self.meter.step(images)
+        self.bar.update(1)
+        plan = self.plan
+        if not (steps % plan.print_freq == 0 or steps == plan.steps):
+            return
+        before_sync()
+        mean_loss = (self.window_sum / self.window_micro).item()  # the one host sync, every print_freq steps
+        fps = self.meter.window_fps()
+        shown = f"loss {mean_loss:.4f}  lr {lr:.5f}" + (f"  fps {fps:.1f}" if fps else "")
+        if self.progress:
+            self.bar.set_postfix_str(shown)
+        else:
+            self.log(f"{self.where}  step {plan.first_step + steps}/{plan.first_step + plan.steps}  {shown}")
+        self.accelerator.log({"train/loss": mean_loss, "train/lr": lr, **({"train/fps": fps} if fps else {})},
+                             step=plan.global_step + steps)
+        self.window_sum.zero_()
+        self.window_micro = 0
+
+    def close(self) -> None:
+        self.bar.close()
+        self.meter.end_epoch()
+
+
+def train_one_epoch(trainee: Trainee, batches: Iterable, accelerator: Accelerator, plan: EpochPlan,
+                    logger: StepLogger, options: Optional[StepOptions] = None, after_step: Optional[Callable] = None,
+                    profiler=None) -> dict:
+    """Run `plan.steps` optimizer steps over `batches` (normalised images, labels, bad: `normalised_batches`);
+    return mean loss (over all processes), steps, images, bad images and fp16-skipped steps.
 
     `after_step(step_in_epoch, global_step, ensure_finite) -> stop` runs after each optimizer step but an epoch's
     last (mid-epoch checkpoints, the stop check); before saving anything it calls `ensure_finite()`, which raises if
     a loss was inf/nan. When it returns True the epoch ends there ("stopped" in the result).
-    progress: a bar on the main process (for terminals) instead of a log line every print_freq steps.
-    prepare_batch: loader batch -> (uint8 images, labels, bad) on the device (--gpu-decode decodes here).
-    options: mixup/cutmix (the loss then takes soft targets), gradient clipping, EMA update.
+    options: mixup/cutmix (the loss then takes soft targets), gradient clipping, EMA update, frozen layers.
     """
+    model, optimizer = trainee.model, trainee.optimizer
+    options = options or StepOptions()
     model.train()
     frozen = options.freezing is not None and options.freezing.hold(plan.epoch)
     # Summed on the device: no host sync per step.
     loss_sum = torch.zeros((), device=accelerator.device)
-    window_sum = torch.zeros((), device=accelerator.device)
     bad_sum = torch.zeros((), dtype=torch.int64, device=accelerator.device)
     # fp16's scaler skips steps with inf/nan gradients itself; in fp32/bf16 a non-finite loss ends the run.
     watch = _NonFiniteWatch(accelerator.device) if accelerator.mixed_precision != "fp16" else None
-    window_steps = steps = micro = skipped = step_images = images_seen = 0
+    ensure_finite = (lambda: watch.check(plan.epoch)) if watch is not None else (lambda: None)
+    steps = micro = skipped = step_images = images_seen = 0
     stopped = False
-    meter.begin_epoch(plan.steps)
-    where = f"epoch {plan.epoch + 1}/{plan.epochs}" + (f" [{plan.recipe}]" if plan.recipe else "")
-    bar = tqdm(total=plan.first_step + plan.steps, initial=plan.first_step, disable=not progress,
-               desc=where, main_process_only=True, dynamic_ncols=True)
     mixer, ema = options.mixer, options.ema
     ema_source = accelerator.unwrap_model(model) if ema is not None else None
     first_micro = plan.first_step * accelerator.gradient_accumulation_steps
-    for batch in loader:
-        images, labels, bad = prepare_batch(batch)
-        inputs, targets = normalize(images), labels
+    for inputs, labels, bad in batches:
+        targets = labels
         if mixer is not None:  # soft targets: CrossEntropyLoss takes class probabilities as well
             inputs, targets = mixer(inputs, labels, epoch=plan.epoch, micro_step=first_micro + micro)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss = criterion(model(inputs), targets)
+                loss = trainee.criterion(model(inputs), targets)
             accelerator.backward(loss)
             if frozen and accelerator.sync_gradients:
                 options.freezing.drop_gradients()  # after DDP's all-reduce, before clipping and the step
@@ -128,52 +184,32 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, criterion: n
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         micro += 1
-        step_images += images.shape[0] * accelerator.num_processes  # every process's batch has this size
+        step_images += inputs.shape[0] * accelerator.num_processes  # every process's batch has this size
         loss_sum += loss.detach()
-        window_sum += loss.detach()
+        logger.micro_step(loss)
         bad_sum += bad.sum()
         if watch is not None:
             watch.update(loss, plan.global_step + steps + 1)
         if not accelerator.sync_gradients:
             continue
         steps += 1
-        window_steps += accelerator.gradient_accumulation_steps
         if accelerator.optimizer_step_was_skipped:  # fp16 overflow (Accelerate reads the scaler anyway)
             skipped += 1
         else:
-            scheduler.step()
+            trainee.scheduler.step()
         if ema is not None:
             ema.after_step(ema_source, step_in_epoch=plan.first_step + steps - 1, epoch=plan.epoch)
-        meter.step(step_images)
+        logger.optimizer_step(steps, step_images, optimizer.param_groups[0]["lr"], ensure_finite)
         images_seen, step_images = images_seen + step_images, 0
         if profiler is not None:
             profiler.step()
-        step_in_epoch = plan.first_step + steps
-        bar.update(1)
-        if steps % plan.print_freq == 0 or steps == plan.steps:
-            if watch is not None:
-                watch.check(plan.epoch)
-            mean_loss = (window_sum / window_steps).item()  # the one host sync, every print_freq steps
-            fps, lr = meter.window_fps(), optimizer.param_groups[0]["lr"]
-            if progress:
-                bar.set_postfix_str(f"loss {mean_loss:.4f}  lr {lr:.5f}" + (f"  fps {fps:.1f}" if fps else ""))
-            else:
-                log(f"{where}  step {step_in_epoch}/{plan.first_step + plan.steps}  "
-                    f"loss {mean_loss:.4f}  lr {lr:.5f}" + (f"  fps {fps:.1f}" if fps else ""))
-            accelerator.log({"train/loss": mean_loss, "train/lr": lr, **({"train/fps": fps} if fps else {})},
-                            step=plan.global_step + steps)
-            window_sum.zero_()
-            window_steps = 0
         if steps >= plan.steps:
             break
-        if after_step is not None and after_step(step_in_epoch, plan.global_step + steps,
-                                                 (lambda: watch.check(plan.epoch)) if watch is not None else (lambda: None)):
+        if after_step is not None and after_step(plan.first_step + steps, plan.global_step + steps, ensure_finite):
             stopped = True
             break
-    bar.close()
-    meter.end_epoch()
-    if watch is not None:
-        watch.check(plan.epoch)
+    logger.close()
+    ensure_finite()
     mean = accelerator.reduce(loss_sum / max(micro, 1), reduction="mean")
     return {"loss": float(mean), "steps": steps, "bad_images": int(accelerator.reduce(bad_sum, reduction="sum")),
             "skipped_steps": skipped, "images": images_seen, "stopped": stopped}

@@ -8,7 +8,6 @@ runner builds the model, data and optimizer and hands them over.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from contextlib import nullcontext
@@ -24,14 +23,15 @@ from .checkpoint import RunState
 from .config import TrainConfig
 from .data.inputs import Inputs
 from .ema import ModelEMA, ema_decay
-from .engine import EpochPlan, Normalizer, StepOptions, evaluate, train_one_epoch
+from .engine import (EpochPlan, Normalizer, StepLogger, StepOptions, Trainee, evaluate, normalised_batches,
+                     train_one_epoch)
 from .finetune import Freezing
 from .hub import BackgroundPusher
 from .launch import assert_processes_agree, synchronize
 from .metrics import ThroughputMeter
 from .model import ModelConfig
 from .mixing import BatchMixer
-from .optim import build_scheduler, lr_factor, position_scheduler
+from .optim import position_scheduler, run_scheduler
 from .preempt import Preempted, StopAgreement
 from .report import plot_curves, write_results_md
 from .resume_check import RunSettings, check_resume, replan_schedule
@@ -72,17 +72,6 @@ def _profiler(cfg: TrainConfig, accelerator, output_dir: Path, first: bool):
     return accelerator.profile(handler)
 
 
-def _schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
-    per_epoch = cfg.lr_update == "epoch"
-    warmup = cfg.warmup_epochs if not per_epoch else math.ceil(cfg.warmup_epochs)
-    factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
-                       warmup_steps=round(warmup * steps_per_epoch), step_size=cfg.lr_step_size, gamma=cfg.lr_gamma,
-                       warmup_method=cfg.lr_warmup_method, warmup_decay=cfg.lr_warmup_decay,
-                       min_factor=cfg.lr_min / optimizer.defaults["lr"] if optimizer.defaults["lr"] else 0.0,
-                       per_epoch=per_epoch)
-    return build_scheduler(optimizer, factor)
-
-
 class EpochLoop:
     """One run's epochs, from its start (or the checkpoint it resumes) to its last; `results` is updated in place
     and written after every epoch."""
@@ -97,7 +86,7 @@ class EpochLoop:
         self.output_dir = Path(cfg.output_dir)
         self.checkpoints = self.output_dir / "checkpoints"
         self.steps_per_epoch = len(train_loader) // cfg.grad_accum
-        self.scheduler = _schedule(cfg, optimizer, self.steps_per_epoch)
+        self.scheduler = run_scheduler(cfg, optimizer, self.steps_per_epoch)
         self.settings = RunSettings(
             per_process_batch=cfg.batch_size, processes=accelerator.num_processes, grad_accum=cfg.grad_accum,
             seed=cfg.seed, train_images=inputs.train_images, data_fingerprint=inputs.data_fingerprint,
@@ -159,6 +148,7 @@ class EpochLoop:
         cfg, accelerator, state = self.cfg, self.accelerator, self.state
         meter = ThroughputMeter(lambda: synchronize(accelerator.device))
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # takes mixup's soft targets too
+        trainee = Trainee(self.model, self.optimizer, self.scheduler, criterion)
         started, skipped, history = time.time(), 0, self.results.setdefault("history", [])
         progress = sys.stdout.isatty()  # a bar in a terminal; plain lines in logs (CI, nohup, files)
         start_epoch = state.epoch
@@ -172,10 +162,10 @@ class EpochLoop:
             plan = EpochPlan(epoch, cfg.epochs, min(self.steps_per_epoch - first, remaining), cfg.print_freq, first,
                              state.global_step, recipe=cfg.recipe)
             with _profiler(cfg, accelerator, self.output_dir, first=epoch == start_epoch) as profiler:
-                stats = train_one_epoch(self.model, loader, self.optimizer, self.scheduler, criterion, accelerator,
-                                        self.normalize, meter, plan, self.log, profiler, after_step=self._after_step,
-                                        progress=progress, prepare_batch=self.inputs.train_prepare,
-                                        options=self.options)
+                batches = normalised_batches(loader, self.inputs.train_prepare, self.normalize)
+                logger = StepLogger(accelerator, plan, meter, self.log, progress)
+                stats = train_one_epoch(trainee, batches, accelerator, plan, logger, self.options, self._after_step,
+                                        profiler)
             state.global_step += stats["steps"]
             skipped += stats["skipped_steps"]
             finished = first + stats["steps"] == self.steps_per_epoch

@@ -4,12 +4,15 @@ reference defines them (references/classification/train.py and utils.set_weight_
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import nn
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 # torchvision's set_weight_decay treats these as normalisation layers.
 NORM_CLASSES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
@@ -112,3 +115,17 @@ def position_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) 
     for group, value in zip(scheduler.optimizer.param_groups, values):
         group["lr"] = value
     scheduler._last_lr = values
+
+
+def run_scheduler(cfg: "TrainConfig", optimizer: torch.optim.Optimizer,
+                  steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The run's schedule from its options: warm-up (whole epochs with --lr-update epoch), then step or cosine to
+    --lr-min, over --epochs of `steps_per_epoch` optimizer steps."""
+    per_epoch = cfg.lr_update == "epoch"
+    warmup = cfg.warmup_epochs if not per_epoch else math.ceil(cfg.warmup_epochs)
+    factor = lr_factor(kind=cfg.lr_scheduler, steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
+                       warmup_steps=round(warmup * steps_per_epoch), step_size=cfg.lr_step_size, gamma=cfg.lr_gamma,
+                       warmup_method=cfg.lr_warmup_method, warmup_decay=cfg.lr_warmup_decay,
+                       min_factor=cfg.lr_min / optimizer.defaults["lr"] if optimizer.defaults["lr"] else 0.0,
+                       per_epoch=per_epoch)
+    return build_scheduler(optimizer, factor)

@@ -40,7 +40,7 @@ def bench_train(args) -> list:
     from accelerate.utils import set_seed
 
     from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, SyntheticImages
-    from ..engine import EpochPlan, Normalizer, train_one_epoch
+    from ..engine import EpochPlan, Normalizer, StepLogger, Trainee, normalised_batches, train_one_epoch
     from ..launch import dataloader_configuration, device_name, synchronize
     from ..metrics import ThroughputMeter
     from ..model import build_model, head_for
@@ -81,9 +81,11 @@ def bench_train(args) -> list:
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         meter = ThroughputMeter(sync, warmup_steps=warmup)
-        train_one_epoch(model, loader, optimizer, scheduler, nn.CrossEntropyLoss(), accelerator,
-                        Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, channels_last=args.channels_last), meter,
-                        EpochPlan(0, 1, steps, print_freq=10**9), log=lambda m: None,
+        plan = EpochPlan(0, 1, steps, print_freq=10**9)
+        normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, channels_last=args.channels_last)
+        train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss()),
+                        normalised_batches(loader, tuple, normalize), accelerator, plan,
+                        StepLogger(accelerator, plan, meter, log=lambda m: None),
                         after_step=(lambda *_: stop.stop_now()) if check else None)
         accelerator.free_memory()
         return meter.fps
