@@ -16,6 +16,7 @@ from torchvision import models
 
 import vgg16
 from vgg16 import predict, report
+from vgg16.data.pipeline import decode_image
 from vgg16.errors import UsageError
 from vgg16.runner import main
 
@@ -116,7 +117,7 @@ def test_predict_a_folder_in_batches_as_json_with_unreadable_files(run_dir, tmp_
     assert all(len(r["top"]) == 2 and r["top"][0]["probability"] >= r["top"][1]["probability"] for r in rows)
     # Batches of 5 give what one image at a time gives.
     single = predict.predict(vgg16.from_pretrained(str(out)).eval(), json.loads((out / "config.json").read_text()),
-                             [vgg16.data.decode_image({"path": rows[3]["image"]})], k=2)[0]
+                             [decode_image({"path": rows[3]["image"]})], k=2)[0]
     assert [(n, i) for n, i, _ in single] == [(t["label"], t["index"]) for t in rows[3]["top"]]
     assert single[0][2] == pytest.approx(rows[3]["top"][0]["probability"], abs=1e-5)
     assert predict.main(["--model", str(out), str(tmp_path / "nothing-here")]) == 2
