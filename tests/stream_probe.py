@@ -26,7 +26,7 @@ def main(data: str, out: str, batch: int, workers: int) -> None:
     inputs = build_inputs(cfg, accelerator)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, len(inputs.class_names)))
-    model, train, val = inputs.prepare(accelerator, model)
+    model, _, train, val = inputs.prepare(accelerator, model)
 
     def read(epoch: int, skip: int = 0) -> list:
         return [batch[3].tolist() for batch in inputs.epoch_loader(accelerator, train, epoch, skip)]

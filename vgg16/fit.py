@@ -124,7 +124,7 @@ class EpochLoop:
     def _save(self, state: RunState) -> Path:
         extra = {"scheduler": self.scheduler.state_dict(), "model": self.model_config.to_dict(),
                  "settings": self.settings.to_dict(),
-                 **({"streaming": self.inputs.streaming} if self.inputs.streaming else {})}
+                 **self.inputs.checkpoint_record()}
         return ckpt.save_training_state(self.accelerator, self.checkpoints, state, extra, keep=self.cfg.keep_checkpoints)
 
     def _after_step(self, step_in_epoch: int, global_step: int, ensure_finite) -> bool:

@@ -112,7 +112,7 @@ def _run(cfg: TrainConfig, accelerator, stop: Optional[StopAgreement]) -> dict:
     if inputs.val_images < accelerator.num_processes:
         raise UsageError(f"{inputs.val_images} validation image(s) for {accelerator.num_processes} processes: every "
                          "process needs at least one; launch fewer processes or use a larger validation split")
-    train_loader, val_loader, workers = inputs.train_loader, inputs.val_loader, inputs.workers
+    workers = inputs.workers
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
     lr = cfg.lr * global_batch / LR_REFERENCE_BATCH if cfg.lr_scale_by_batch else cfg.lr
 
@@ -147,17 +147,12 @@ def _run(cfg: TrainConfig, accelerator, stop: Optional[StopAgreement]) -> dict:
         model = model.to(memory_format=torch.channels_last)
 
     if cfg.evaluate:
-        model, val_loader = inputs.prepare(accelerator, model, train=False)
+        model, _, _, val_loader = inputs.prepare(accelerator, model, train=False)
         metrics = evaluate(model, val_loader, accelerator, normalize, log=log, prepare_batch=inputs.val_prepare)
         results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], val_images=metrics["count"],
                        val_loss=metrics["loss"], bad_images=metrics["bad_images"], fps=0.0, epochs=0, steps=0,
                        evaluated=cfg.resume or cfg.pretrained)
     else:
-        # (A stream's loader counts this process's batches, and build_inputs has checked them already.)
-        if inputs.streaming is None and len(train_loader) < cfg.grad_accum * accelerator.num_processes:
-            raise UsageError(f"the training set has {inputs.train_images} images, fewer than one global batch "
-                             f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
-                             "lower --batch-size")
         optimizer = build_optimizer(model, opt=cfg.opt, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     norm_weight_decay=cfg.norm_weight_decay, bias_weight_decay=cfg.bias_weight_decay,
                                     nesterov=cfg.nesterov, backbone_lr_scale=cfg.backbone_lr_scale,

@@ -1,9 +1,9 @@
 """A run's inputs: the data source -> transforms -> the train and validation loaders, and how each epoch starts.
 
-Two paths behind one shape (`Inputs`):
-- map-style (every source but --streaming): a `datasets.Dataset` indexed by a shuffled DataLoader that
+Two classes behind one interface (`Inputs`: prepare, epoch_loader, checkpoint_record):
+- `MapInputs` (every source but --streaming): a `datasets.Dataset` indexed by a shuffled DataLoader that
   `accelerator.prepare` shards; a mid-epoch resume skips batches with `accelerator.skip_first_batches`.
-- --streaming (parquet, vgg16/data/streaming.py): each process streams its own equal span; the loaders are NOT passed
+- `StreamInputs` (--streaming, vgg16/data/streaming.py): each process streams its own equal span; the loaders are NOT passed
   to `accelerator.prepare` (it would shard the stream again, accelerate#3547), so their batches are moved to the
   device here, and a mid-epoch resume starts the stream at the batch to come.
 """
@@ -11,7 +11,7 @@ Two paths behind one shape (`Inputs`):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from accelerate.utils import broadcast_object_list, send_to_device
@@ -31,6 +31,7 @@ from .streaming import ParquetStream, StreamPlan, stream_loader, train_batches, 
 
 @dataclass
 class Inputs:
+    """What a run needs of its data, whichever way it is read (`MapInputs`, `StreamInputs`)."""
     train_loader: DataLoader
     val_loader: DataLoader
     train_prepare: Callable[[tuple], tuple]
@@ -44,35 +45,70 @@ class Inputs:
     """(train crop, validation resize, validation crop)."""
     workers: int
     notes: tuple = ()
-    streaming: Optional[dict] = None
-    """--streaming: what a checkpoint records so a resume reads the same order ({'streams', 'processes'})."""
-    loaders_on_device: bool = True
-    """Whether `accelerator.prepare` should move the map-style loaders' batches (False with --gpu-decode)."""
-    ra_sampler: Optional[RepeatedAugmentation] = None
     data_fingerprint: str = ""
     """Which training data this is, for a resume to tell (datasets' fingerprint, or a stream's files and rows)."""
 
-    def prepare(self, accelerator, *objects, train: bool = True) -> tuple:
-        """accelerator.prepare(*objects) followed by the loaders (the train one only if `train`): the map-style
-        loaders prepared too, a stream's as they are."""
+    def prepare(self, accelerator, model, optimizer=None, *, train: bool = True) -> tuple:
+        """(model, optimizer, train loader, validation loader) after `accelerator.prepare`; the optimizer is None
+        when none is given, the train loader None when not `train` (evaluation only)."""
+        objects = [model] + ([optimizer] if optimizer is not None else [])
         loaders = [self.train_loader, self.val_loader] if train else [self.val_loader]
-        if self.streaming is not None:
-            prepared = accelerator.prepare(*objects)
-            return (*(prepared if len(objects) > 1 else (prepared,)), *loaders)
-        placement = [True] * len(objects) + [self.loaders_on_device] * len(loaders)
-        return accelerator.prepare(*objects, *loaders, device_placement=placement)
+        prepared = self._prepare(accelerator, objects, loaders)
+        model = prepared.pop(0)
+        optimizer = prepared.pop(0) if optimizer is not None else None
+        return model, optimizer, prepared.pop(0) if train else None, prepared.pop(0)
+
+    def _prepare(self, accelerator, objects: list, loaders: list) -> list:
+        raise NotImplementedError
 
     def epoch_loader(self, accelerator, loader, epoch: int, skip_batches: int):
         """`loader` (the prepared train loader) positioned at `skip_batches` batches into `epoch`."""
-        if self.streaming is not None:
-            loader.dataset.set_epoch(epoch, skip_batches)
-            return loader
+        raise NotImplementedError
+
+    def checkpoint_record(self) -> dict:
+        """What a checkpoint must keep for a resume to read the same order."""
+        return {}
+
+
+def _as_list(prepared) -> list:
+    return list(prepared) if isinstance(prepared, tuple) else [prepared]
+
+
+@dataclass
+class MapInputs(Inputs):
+    """A `datasets.Dataset` indexed by a shuffled DataLoader that `accelerator.prepare` shards."""
+    loaders_on_device: bool = True
+    """Whether `accelerator.prepare` should move the loaders' batches (False with --gpu-decode)."""
+    ra_sampler: Optional[RepeatedAugmentation] = None
+
+    def _prepare(self, accelerator, objects: list, loaders: list) -> list:
+        placement = [True] * len(objects) + [self.loaders_on_device] * len(loaders)
+        return _as_list(accelerator.prepare(*objects, *loaders, device_placement=placement))
+
+    def epoch_loader(self, accelerator, loader, epoch: int, skip_batches: int):
         loader.dataset.set_epoch(epoch)  # augmentation seeds
         loader.set_epoch(epoch)  # shuffle order
         if self.ra_sampler is not None:
             self.ra_sampler.set_epoch(epoch)
         # A mid-epoch resume: the very next batch of the same order, without loading the skipped ones.
         return accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+
+
+@dataclass
+class StreamInputs(Inputs):
+    """Parquet row groups streamed by each process (--streaming); the loaders are not prepared (see the top)."""
+    stream_record: dict = field(default_factory=dict)
+    """{'streams', 'processes'}: the order of an epoch depends on them."""
+
+    def _prepare(self, accelerator, objects: list, loaders: list) -> list:
+        return _as_list(accelerator.prepare(*objects)) + loaders
+
+    def epoch_loader(self, accelerator, loader, epoch: int, skip_batches: int):
+        loader.dataset.set_epoch(epoch, skip_batches)
+        return loader
+
+    def checkpoint_record(self) -> dict:
+        return {"streaming": self.stream_record}
 
 
 def _transforms(cfg: TrainConfig, sizes: tuple) -> tuple:
@@ -116,9 +152,13 @@ def build_inputs(cfg: TrainConfig, accelerator, stream_state: Optional[dict] = N
                                              val_batch_size=cfg.val_batch_size or cfg.batch_size,
                                              workers=workers, seed=cfg.seed, pin_memory=accelerator.device.type != "cpu",
                                              collate_fn=decoding.collate_fn, train_batch_sampler=ra_sampler)
-    return Inputs(train_loader, val_loader, train_feed.prepare, val_feed.prepare, len(train), len(val), classes, name,
-                  sizes, workers, notes, loaders_on_device=decoding.loader_on_device, ra_sampler=ra_sampler,
-                  data_fingerprint=fingerprint)
+    if not cfg.evaluate and len(train_loader) < cfg.grad_accum * accelerator.num_processes:
+        raise UsageError(f"the training set has {len(train)} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
+                         "lower --batch-size")
+    return MapInputs(train_loader, val_loader, train_feed.prepare, val_feed.prepare, len(train), len(val), classes,
+                     name, sizes, workers, notes, fingerprint, loaders_on_device=decoding.loader_on_device,
+                     ra_sampler=ra_sampler)
 
 
 def _check_num_classes(cfg: TrainConfig, name: str, class_names) -> None:
@@ -194,11 +234,11 @@ def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Op
                  + f", shuffle buffer {cfg.shuffle_buffer} rows per "
                  f"process in {streams} part(s)")
     move = _to_device(accelerator.device)
-    return Inputs(stream_loader(train, workers=workers, seed=cfg.seed, pin_memory=pin),
-                  stream_loader(val, workers=workers, seed=cfg.seed, pin_memory=pin), move, move,
-                  train_split.num_rows, val_split.num_rows, classes, source.name, sizes, workers, tuple(notes),
-                  streaming={"streams": streams, "processes": n},
-                  data_fingerprint=_stream_fingerprint(train_split.files, train_split.num_rows))
+    return StreamInputs(stream_loader(train, workers=workers, seed=cfg.seed, pin_memory=pin),
+                        stream_loader(val, workers=workers, seed=cfg.seed, pin_memory=pin), move, move,
+                        train_split.num_rows, val_split.num_rows, classes, source.name, sizes, workers, tuple(notes),
+                        _stream_fingerprint(train_split.files, train_split.num_rows),
+                        stream_record={"streams": streams, "processes": n})
 
 
 def _stream_fingerprint(files, rows: int) -> str:
