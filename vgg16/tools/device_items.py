@@ -31,11 +31,15 @@ class Plan:
     trainer_epochs: int = 8
     pipeline_batches: int = 20
     resume_arch: str = "vgg11"
+    resume_stop: int = 9
+    """The resume item stops at this step (mid-epoch: 44 steps an epoch) and resumes to `resume_end`."""
+    resume_end: int = 20
 
     @classmethod
     def quick(cls, arch: str, image_size: int) -> "Plan":
         return cls(arch=arch, image_size=image_size, batches=(4,), steps=3, photo_classes=4, train_per_class=16,
-                   val_per_class=5, trainer_batch=8, trainer_epochs=1, pipeline_batches=3)
+                   val_per_class=5, trainer_batch=8, trainer_epochs=1, pipeline_batches=3, resume_stop=3,
+                   resume_end=6)
 
 
 @dataclass
@@ -194,24 +198,25 @@ def _digits_run(check: Check, folder: Path, name: str, *extra: str) -> dict:
 
 
 def item_resume(check: Check) -> dict:
-    """Uninterrupted to step 20 against stopped at step 9 (mid-epoch) and resumed to step 20: same weights?"""
+    """Uninterrupted to step `resume_end` against stopped at `resume_stop` (mid-epoch) and resumed: same weights?"""
     import torch
     from safetensors.torch import load_file
 
     whole, parted = check.out / "resume_whole", check.out / "resume_parted"
     for folder in (whole, parted):  # a rerun in the same --output-dir must not resume the last run's checkpoints
         shutil.rmtree(folder, ignore_errors=True)
-    _digits_run(check, whole, "resume_whole", "--stop-step-num", "20")
-    _digits_run(check, parted, "resume_part1", "--stop-step-num", "9")
-    r = _digits_run(check, parted, "resume_part2", "--stop-step-num", "20", "--resume", "auto")
+    stop, end = str(check.plan.resume_stop), str(check.plan.resume_end)
+    _digits_run(check, whole, "resume_whole", "--stop-step-num", end)
+    _digits_run(check, parted, "resume_part1", "--stop-step-num", stop)
+    r = _digits_run(check, parted, "resume_part2", "--stop-step-num", end, "--resume", "auto")
     a, b = load_file(whole / "model.safetensors"), load_file(parted / "model.safetensors")
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     resumed = "resumed from" in (check.out / "logs" / "resume_part2.log").read_text()
     ok = not differing and resumed and set(a) == set(b)
     return {"status": "passed" if ok else "failed", "tensors": len(a), "differing": differing[:5],
             "resumed_mid_epoch": resumed, "val_images": r["val_images"], "expected_val_images": 360,
-            "detail": f"{check.plan.resume_arch} on the digits, 32 px, batch 32, --deterministic: stopped at step 9 of "
-                      f"44 and resumed to step 20, against an uninterrupted run to step 20"}
+            "detail": f"{check.plan.resume_arch} on the digits, 32 px, batch 32, --deterministic: stopped at step {stop} of "
+                      f"44 and resumed to step {end}, against an uninterrupted run to step {end}"}
 
 
 def item_fp16_skips(check: Check) -> dict:
