@@ -33,12 +33,13 @@ from .model import ModelConfig
 from .mixing import BatchMixer
 from .optim import position_scheduler, run_scheduler
 from .preempt import Preempted, StopAgreement
-from .report import plot_curves, write_results_md
+from .report import RunResults, plot_curves, write_results_md
 from .resume_check import RunSettings, check_resume, replan_schedule
 
 
-def write_reports(output_dir: Path, results: dict, model_config: ModelConfig) -> None:
+def write_reports(output_dir: Path, run_results: RunResults, model_config: ModelConfig) -> None:
     """results.json, results.md, curves.png and the model card: the folder is complete after every epoch."""
+    results = run_results.to_dict()
     ckpt.write_json(output_dir / "results.json", results)
     write_results_md(output_dir, results)
     if results.get("history"):
@@ -77,8 +78,8 @@ class EpochLoop:
     and written after every epoch."""
 
     def __init__(self, cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader,
-                 normalize: Normalizer, inputs: Inputs, model_config: ModelConfig, results: dict, log: Callable[[str], None],
-                 pusher: Optional[BackgroundPusher] = None, freezing: Optional[Freezing] = None,
+                 normalize: Normalizer, inputs: Inputs, model_config: ModelConfig, results: RunResults,
+                 log: Callable[[str], None], pusher: Optional[BackgroundPusher] = None, freezing: Optional[Freezing] = None,
                  stop: Optional[StopAgreement] = None):
         self.cfg, self.accelerator, self.model, self.optimizer = cfg, accelerator, model, optimizer
         self.train_loader, self.val_loader, self.normalize, self.inputs = train_loader, val_loader, normalize, inputs
@@ -149,7 +150,9 @@ class EpochLoop:
         meter = ThroughputMeter(lambda: synchronize(accelerator.device))
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # takes mixup's soft targets too
         trainee = Trainee(self.model, self.optimizer, self.scheduler, criterion)
-        started, skipped, history = time.time(), 0, self.results.setdefault("history", [])
+        if self.results.history is None:
+            self.results.history = []
+        started, skipped, history = time.time(), 0, self.results.history
         progress = sys.stdout.isatty()  # a bar in a terminal; plain lines in logs (CI, nohup, files)
         start_epoch = state.epoch
         for epoch in range(start_epoch, cfg.epochs):
@@ -186,7 +189,7 @@ class EpochLoop:
             history.append({"epoch": epoch + 1, "steps": state.global_step, "train_loss": stats["loss"],
                             "val_loss": metrics["loss"], "acc1": metrics["acc1"], "acc5": metrics["acc5"],
                             "fps": meter.epoch_fps, **{k: v for k, v in metrics.items() if k.startswith("ema_")}})
-            self.results.update({k: v for k, v in metrics.items() if k.startswith("ema_")})
+            self.results.update(**{k: v for k, v in metrics.items() if k.startswith("ema_")})
             accelerator.log({"val/acc1": metrics["acc1"], "val/acc5": metrics["acc5"], "val/loss": metrics["loss"],
                              "train/epoch_loss": stats["loss"], "train/epoch_fps": meter.epoch_fps, "epoch": epoch + 1},
                             step=state.global_step)

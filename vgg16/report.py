@@ -9,8 +9,73 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional, Sequence
+
+
+
+@dataclass
+class RunResults:
+    """results.json: what the run was, then its figures (after every epoch, or from --evaluate) and its status.
+    A key whose value is None is left out of the file (a first epoch not yet finished has no acc1)."""
+    arch: str
+    dataset: str
+    image_size: int
+    head: str
+    num_classes: int
+    train_images: int
+    global_batch_size: int
+    per_process_batch_size: int
+    grad_accum: int
+    num_processes: int
+    mixed_precision: str
+    device: str
+    device_name: str
+    torch: str
+    accelerate: str
+    lr: float
+    """The lr used: --lr, times global batch / 256 with --lr-scale-by-batch."""
+    base_lr: float
+    lr_scaled_by_batch: bool
+    seed: int
+    recipe: str
+    pretrained: Optional[str] = None
+    command: str = ""
+    status: str = "running"
+    """running, preempted (`stopped` says where) or finished."""
+    history: Optional[list] = None
+    """One entry per epoch: steps, train and validation loss, top-1/top-5, fps (and the EMA's figures)."""
+    acc1: Optional[float] = None
+    acc5: Optional[float] = None
+    best_acc1: Optional[float] = None
+    val_images: Optional[int] = None
+    val_loss: Optional[float] = None
+    train_loss: Optional[float] = None
+    fps: Optional[float] = None
+    epochs: Optional[int] = None
+    steps: Optional[int] = None
+    bad_images: Optional[int] = None
+    fp16_skipped_steps: Optional[int] = None
+    train_seconds: Optional[float] = None
+    exported_weights: Optional[str] = None
+    ema_acc1: Optional[float] = None
+    ema_acc5: Optional[float] = None
+    evaluated: Optional[str] = None
+    """--evaluate: the weights evaluated."""
+    stopped: Optional[dict] = None
+    """A preempted run: {signal, step, checkpoint}."""
+
+    def update(self, **values) -> None:
+        unknown = set(values) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"not a results.json key: {sorted(unknown)}")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
 
 DEVICE_NAMES = {"cpu": "CPU", "cuda": "GPU", "npu": "NPU"}
 COLUMNS = ("NAME", "Acc@1", "Acc@5", "FPS", "Epochs", "AMP_Type", "Torch", "Device")

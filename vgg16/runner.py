@@ -29,6 +29,7 @@ from .hub import BackgroundPusher, PushFailed, push_to_hub
 from .launch import device_name, make_accelerator, use_cpu_cores
 from .model import ModelConfig, build_model, check_state_dict, count_parameters, head_for, num_classes_of
 from .optim import build_optimizer, use_fused
+from .report import RunResults
 from .preempt import EXIT_PREEMPTED, Preempted, StopAgreement, StopRequest
 from .run_lock import take_output_dir
 
@@ -133,15 +134,11 @@ def _run(cfg: TrainConfig, accelerator, stop: Optional[StopAgreement]) -> dict:
         + "".join(f", {name}" for name, on in _extras(cfg) if on)
         + (f", frozen: {freezing.describe()}" if freezing else "")
         + (f", features at lr x {cfg.backbone_lr_scale:g}" if cfg.backbone_lr_scale != 1.0 else ""))
-    results = {"arch": cfg.arch, "dataset": dataset_name, "image_size": image_size, "head": head,
-               "num_classes": len(classes), "train_images": inputs.train_images, "global_batch_size": global_batch,
-               "per_process_batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-               "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-               "device": accelerator.device.type, "device_name": device_name(accelerator),
-               "torch": torch.__version__, "accelerate": accelerate.__version__, "lr": lr, "base_lr": cfg.lr,
-               "lr_scaled_by_batch": cfg.lr_scale_by_batch, "seed": cfg.seed, "recipe": cfg.recipe,
-               **({"pretrained": weights.source} if weights else {}),
-               "command": " ".join(sys.argv), "status": "running"}
+    results = RunResults(
+        cfg.arch, dataset_name, image_size, head, len(classes), inputs.train_images, global_batch, cfg.batch_size,
+        cfg.grad_accum, accelerator.num_processes, accelerator.mixed_precision, accelerator.device.type,
+        device_name(accelerator), torch.__version__, accelerate.__version__, lr, cfg.lr, cfg.lr_scale_by_batch,
+        cfg.seed, cfg.recipe, pretrained=weights.source if weights else None, command=" ".join(sys.argv))
     normalize = Normalizer(mean, std, accelerator.device, channels_last=cfg.channels_last)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -169,17 +166,18 @@ def _run(cfg: TrainConfig, accelerator, stop: Optional[StopAgreement]) -> dict:
     if stop is not None:
         stop.finish()  # before end_training destroys the process group
     _finish(cfg, accelerator, output_dir, results, model_config, log)
-    return results
+    return results.to_dict()
 
 
-def _finish(cfg: TrainConfig, accelerator, output_dir: Path, results: dict, model_config: ModelConfig, log) -> None:
-    results["status"] = "finished"
+def _finish(cfg: TrainConfig, accelerator, output_dir: Path, results: RunResults, model_config: ModelConfig,
+            log) -> None:
+    results.status = "finished"
     if accelerator.is_main_process:
         write_reports(output_dir, results, model_config)
     accelerator.wait_for_everyone()
-    log(f"Acc@1 {results.get('acc1', 0):.3f}  Acc@5 {results.get('acc5', 0):.3f}  FPS {results.get('fps', 0):.1f}  "
-        f"({results['num_processes']}p {results['device']} {results['mixed_precision']}, "
-        f"global batch {results['global_batch_size']}) -> {output_dir / 'results.json'}")
+    log(f"Acc@1 {results.acc1 or 0:.3f}  Acc@5 {results.acc5 or 0:.3f}  FPS {results.fps or 0:.1f}  "
+        f"({results.num_processes}p {results.device} {results.mixed_precision}, "
+        f"global batch {results.global_batch_size}) -> {output_dir / 'results.json'}")
     accelerator.end_training()
     if cfg.push_to_hub and accelerator.is_main_process:
         log(f"pushed {output_dir} to {cfg.hub_model_id}: {push_to_hub(output_dir, cfg.hub_model_id, cfg.hub_private)}")
