@@ -55,7 +55,7 @@ RECIPES = {
         "label smoothing 0.1, EMA, no decay on norms, 176 px train / 232 -> 224 val, cosine with 5 warm-up "
         "epochs; ResNet50 76.1 -> 80.9) and the 'bag of tricks' runs behind VGG16-BN 74.50 (osmr/imgclsmob), "
         "shortened to 90 epochs; lr as torchvision's VGG weights",
-        "not run on ImageNet here (no accelerator); on a small photo folder see the README",
+        "not run on ImageNet here (no accelerator); on a small photo folder see below",
         {**_COMMON, "arch": "vgg16_bn", "lr": {"": 0.02, "_bn": 0.1}, "weight_decay": 5e-5, "norm_weight_decay": 0.0,
          "bias_weight_decay": 0.0, "lr_scheduler": "cosine", "warmup_epochs": 5.0, "label_smoothing": 0.1,
          "auto_augment": "ta_wide", "random_erase": 0.1, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "model_ema": True,
