@@ -7,7 +7,6 @@ runner builds the model, data and optimizer and hands them over.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from contextlib import nullcontext
@@ -97,8 +96,7 @@ class EpochLoop:
         self.options = step_options(cfg, accelerator, model, model_config.num_classes, freezing)
         if self.options.ema is not None:
             accelerator.register_for_checkpointing(self.options.ema)  # before load_state: the average resumes too
-        self.state = self._start()
-        self.epoch = self.state.epoch
+        self.state = self._start()  # during an epoch, state.epoch is that epoch (it moves on when the epoch ends)
 
     def _start(self) -> RunState:
         """Where training starts: a fresh run, the checkpoint --resume names, or --start-epoch."""
@@ -134,7 +132,7 @@ class EpochLoop:
             return True  # the checkpoint is written once the epoch's loop has ended
         if self.cfg.checkpoint_every and global_step % self.cfg.checkpoint_every == 0:
             ensure_finite()  # never save a model that has seen an inf/nan loss
-            self._save(RunState(self.epoch, step_in_epoch, global_step, self.state.best_acc1))
+            self._save(RunState(self.state.epoch, step_in_epoch, global_step, self.state.best_acc1))
         return False
 
     def _preempted(self, saved: Path) -> Preempted:
@@ -156,7 +154,6 @@ class EpochLoop:
         progress = sys.stdout.isatty()  # a bar in a terminal; plain lines in logs (CI, nohup, files)
         start_epoch = state.epoch
         for epoch in range(start_epoch, cfg.epochs):
-            self.epoch = epoch
             remaining = cfg.stop_step_num - state.global_step if cfg.stop_step_num else self.steps_per_epoch
             if remaining <= 0:
                 break
@@ -174,10 +171,10 @@ class EpochLoop:
             finished = first + stats["steps"] == self.steps_per_epoch
             state.epoch, state.step_in_epoch = (epoch + 1, 0) if finished else (epoch, first + stats["steps"])
             if stats["stopped"]:
-                raise self._preempted(self._save(dataclasses.replace(state)))
+                raise self._preempted(self._save(state))
             metrics, use_ema = self._evaluate()
             state.best_acc1 = max(state.best_acc1, metrics["acc1"])
-            saved = self._save(dataclasses.replace(state))
+            saved = self._save(state)
             ckpt.export_model(accelerator, self.options.ema.module if use_ema else self.model, self.output_dir,
                               self.model_config.to_dict())
             self.results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], best_acc1=state.best_acc1,
@@ -186,10 +183,11 @@ class EpochLoop:
                                 bad_images=stats["bad_images"] + metrics["bad_images"], fp16_skipped_steps=skipped,
                                 train_seconds=round(time.time() - started, 1),
                                 exported_weights=self.model_config.weights)
+            ema_figures = {k: v for k, v in metrics.items() if k.startswith("ema_")}
             history.append({"epoch": epoch + 1, "steps": state.global_step, "train_loss": stats["loss"],
                             "val_loss": metrics["loss"], "acc1": metrics["acc1"], "acc5": metrics["acc5"],
-                            "fps": meter.epoch_fps, **{k: v for k, v in metrics.items() if k.startswith("ema_")}})
-            self.results.update(**{k: v for k, v in metrics.items() if k.startswith("ema_")})
+                            "fps": meter.epoch_fps, **ema_figures})
+            self.results.update(**ema_figures)
             accelerator.log({"val/acc1": metrics["acc1"], "val/acc5": metrics["acc5"], "val/loss": metrics["loss"],
                              "train/epoch_loss": stats["loss"], "train/epoch_fps": meter.epoch_fps, "epoch": epoch + 1},
                             step=state.global_step)

@@ -19,6 +19,10 @@ from .errors import UsageError
 from .recipes import RECIPES, help_default
 
 
+# Options some recipe sets: their defaults are the recipe's, not the field's (which stays None = "not given").
+RECIPE_OPTIONS = frozenset(next(iter(RECIPES.values())).values)
+
+
 @dataclass(frozen=True)
 class Option:
     flags: tuple
@@ -85,7 +89,7 @@ def check_declared(config) -> None:
         value = getattr(config, f.name)
         if value is None or isinstance(value, bool):
             continue
-        flag = next(f for f in o.flags if f.startswith("--"))
+        flag = next(spelling for spelling in o.flags if spelling.startswith("--"))
         if o.choices is not None and value not in o.choices:
             raise UsageError(f"unknown {f.name.replace('_', ' ')} {value!r} ({flag}): use {', '.join(o.choices)}"
                              + (f", {o.hint}" if o.hint else ""))
@@ -109,10 +113,6 @@ def help_text(f: dataclasses.Field, o: Option) -> str:
     """The help with the default (or the recipes' values) at its end; what --help and docs/options.md print."""
     default = _default_text(f, o)
     return f"{o.help} ({default})" if default else o.help
-
-
-# Options some recipe sets: their defaults are the recipe's, not the field's (which stays None = "not given").
-RECIPE_OPTIONS = frozenset(next(iter(RECIPES.values())).values)
 
 
 def add_declared(parser: argparse.ArgumentParser, cls) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-
 @dataclass
 class RunResults:
     """results.json: what the run was, then its figures (after every epoch, or from --evaluate) and its status.
