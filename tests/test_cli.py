@@ -66,7 +66,7 @@ def test_old_distributed_flags_name_their_replacement(flags, replacement):
     (["--pretrained", "weights.pth"], "no such file"),
     (["--device", "gpu"], "--device gpu, but this launch runs on cpu"),
     (["--gpu-decode"], "--gpu-decode uses nvJPEG on NVIDIA GPUs"),
-    (["--compile"], "--compile is for NVIDIA GPUs"),
+    (["--compile-mode", "max-autotune"], "--compile-mode and --compile-backend choose how --compile compiles: add --compile"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
     code = main([*args, "--output-dir", str(tmp_path / "out")])

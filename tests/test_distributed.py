@@ -283,3 +283,38 @@ def test_sigterm_to_the_launcher_stops_both_processes_at_one_step_and_they_resum
     done = _ok(run_cli(*args, "--resume", "auto", launcher=launcher(2), env=CPU))
     assert "resumed from" in done.stdout
     _weights_close(tmp_path, out, exact=True)
+
+
+COMPILED = ["--compile", "--compile-backend", "aot_eager"]  # dynamo's tracing and autograd, no kernel generation
+
+
+def _compile_figures(out):
+    results = _results(out)
+    return results["compiled_graphs"], results["graph_breaks"], [h["compiled_graphs"] for h in results["history"]]
+
+
+def test_compiled_under_ddp_two_processes_have_no_graph_break_compile_once_and_train_the_same_weights(
+        data, two_process_run, tmp_path):
+    """--compile with 2 gloo processes: DDP around the model compiled in place, normalisation inside its graph.
+    No graph break, training's graph compiled once for both epochs (validation's once), and the weights are the
+    eager run's bit for bit (aot_eager runs the traced graph's own ops)."""
+    eager, _ = two_process_run
+    out = tmp_path / "compiled"
+    _ok(run_cli("--data", str(data), *PLAIN, "-b", "4", "--epochs", "2", "--output-dir", str(out), *COMPILED,
+                launcher=launcher(2), env=CPU))
+    graphs, breaks, per_epoch = _compile_figures(out)
+    assert breaks == 0
+    assert per_epoch == [2, 2] and graphs == 2  # training's and validation's, and nothing more in epoch 2
+    _weights_close(out, eager, exact=True)
+
+
+def test_compiled_with_ema_and_mixup_compiles_a_smaller_last_validation_batch_once(data, tmp_path):
+    """One process, 12 validation images in batches of 5: the last batch of 2 compiles once more (dynamic), no
+    more in the next epoch; the EMA copy and mixup take the uint8 batches the compiled model normalises."""
+    out = tmp_path / "compiled1"
+    done = _ok(run_cli("--data", str(data), *PLAIN, "-b", "5", "--epochs", "2", "--output-dir", str(out), *COMPILED,
+                       "--model-ema", "--mixup-alpha", "0.2", env=CPU))
+    graphs, breaks, per_epoch = _compile_figures(out)
+    assert (graphs, breaks, per_epoch) == (3, 0, [3, 3]), done.stdout[-2000:]
+    assert "torch.compile so far: 3 graph(s) compiled, 0 graph break(s)" in done.stdout
+    assert "ema_acc1" in _results(out)

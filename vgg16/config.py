@@ -33,6 +33,7 @@ ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
 SCHEDULERS = ("step", "cosine")
 PRECISIONS = ("no", "fp16", "bf16")
 DEVICES = ("cpu", "gpu", "npu")
+COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 # Named datasets that need no --data; anything else comes from --data.
 NAMED_DATASETS = ("auto", "synthetic", "digits")
 OPTIMIZERS = ("sgd", "sgd_nesterov", "adamw", "rmsprop")
@@ -213,7 +214,14 @@ class TrainConfig:
                                  help="NHWC memory format for the model and its inputs (faster convolutions on recent "
                                  "GPUs; not checked on NPU)")
     compile: bool = option(False, "--compile", group=DEVICE,
-                           help="torch.compile (inductor) through Accelerate's dynamo settings; GPU only")
+                           help="torch.compile the model, its input's conversion and normalisation included (one graph "
+                           "for training, no graph break; under DDP too). Not on NPU; on CPU it costs more than it saves")
+    compile_mode: str = option("default", "--compile-mode", group=DEVICE, choices=COMPILE_MODES,
+                               help="inductor's mode with --compile: max-autotune tries more convolution and matmul "
+                               "kernels (minutes more compiling) and uses CUDA graphs; -no-cudagraphs without them")
+    compile_backend: str = option("inductor", "--compile-backend", group=DEVICE, metavar="BACKEND",
+                                  help="torch.compile backend with --compile: aot_eager or eager trace the same graph "
+                                  "without generating kernels (to tell a compiler problem from a tracing one)")
     dist_timeout: Optional[float] = option(
         None, "--dist-timeout", group=DEVICE, minimum=0, above=True, metavar="MINUTES",
         help="minutes before a collective that some process never joins fails (default torch's: 10 NCCL, 30 gloo); "
@@ -268,6 +276,8 @@ class TrainConfig:
             (self.loss_scale is None or self.mixed_precision in (None, "fp16"),
              "--loss-scale only applies to fp16: add --mixed-precision fp16 (or --amp)"),
             (not (self.gpu_decode and self.dataset == "synthetic"), "--gpu-decode has nothing to decode with --dataset synthetic"),
+            (self.compile or (self.compile_mode == "default" and self.compile_backend == "inductor"),
+             "--compile-mode and --compile-backend choose how --compile compiles: add --compile"),
             (not self.streaming or bool(self.data),
              "--streaming reads parquet files: give --data with a hub dataset name or a local parquet folder"),
             (not (self.streaming and self.gpu_decode), "--gpu-decode is not available with --streaming yet: drop one"),

@@ -21,16 +21,23 @@ from .mixing import BatchMixer
 
 
 class Normalizer:
-    """uint8 NCHW on the device -> normalised float, optionally channels_last."""
+    """uint8 NCHW on the device -> normalised float, optionally channels_last.
+
+    Called on the batches, or, once `in_model` (compiling.normalise_inside: --compile), by the model itself on its
+    input, so calling it on a batch then passes the batch through as it is."""
 
     def __init__(self, mean, std, device, channels_last: bool = False):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.in_model = False
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images if self.in_model else self.normalise(images)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -172,6 +179,8 @@ def train_one_epoch(trainee: Trainee, batches: Iterable, accelerator: Accelerato
     for inputs, labels, bad in batches:
         targets = labels
         if mixer is not None:  # soft targets: CrossEntropyLoss takes class probabilities as well
+            if not inputs.is_floating_point():  # uint8 when the model normalises its input (--compile)
+                inputs = inputs.float()
             inputs, targets = mixer(inputs, labels, epoch=plan.epoch, micro_step=first_micro + micro)
         with accelerator.accumulate(model):
             with accelerator.autocast():

@@ -22,6 +22,7 @@ from .checkpoint import RunState
 from .config import TrainConfig
 from .data.inputs import Inputs
 from .ema import ModelEMA, ema_decay
+from .compiling import compile_counts, compile_note
 from .engine import (EpochPlan, Normalizer, StepLogger, StepOptions, Trainee, evaluate, normalised_batches,
                      train_one_epoch)
 from .finetune import Freezing
@@ -184,9 +185,13 @@ class EpochLoop:
                                 train_seconds=round(time.time() - started, 1),
                                 exported_weights=self.model_config.weights)
             ema_figures = {k: v for k, v in metrics.items() if k.startswith("ema_")}
+            compiled = compile_counts() if cfg.compile else {}
+            if compiled:
+                self.log(compile_note(compiled))
+                self.results.update(**compiled)
             history.append({"epoch": epoch + 1, "steps": state.global_step, "train_loss": stats["loss"],
                             "val_loss": metrics["loss"], "acc1": metrics["acc1"], "acc5": metrics["acc5"],
-                            "fps": meter.epoch_fps, **ema_figures})
+                            "fps": meter.epoch_fps, **ema_figures, **compiled})
             self.results.update(**ema_figures)
             accelerator.log({"val/acc1": metrics["acc1"], "val/acc5": metrics["acc5"], "val/loss": metrics["loss"],
                              "train/epoch_loss": stats["loss"], "train/epoch_fps": meter.epoch_fps, "epoch": epoch + 1},

@@ -95,7 +95,6 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             dataloader_config=dataloader_configuration(),
             kwargs_handlers=handlers,
             step_scheduler_with_optimizer=False,
-            dynamo_backend="inductor" if cfg.compile else None,
         )
     except ValueError as e:
         message = str(e).splitlines()[0]
@@ -114,9 +113,9 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:
     if cfg.device and accelerator.device.type != DEVICE_TYPES[cfg.device]:
         raise UsageError(f"--device {cfg.device}, but this launch runs on {accelerator.device.type}: "
                          f"{DEVICE_HINTS[cfg.device]}")
-    if cfg.compile and accelerator.device.type != "cuda":
-        raise UsageError(f"--compile is for NVIDIA GPUs; this run is on {accelerator.device.type} "
-                         "(torch.compile is not supported for NPU training, and on CPU compiling costs more than it saves)")
+    if cfg.compile and accelerator.device.type == "npu":
+        raise UsageError("--compile: torch.compile is not supported for NPU training: "
+                         "drop it")
     if cfg.gpu_decode and accelerator.device.type != "cuda":
         raise UsageError(f"--gpu-decode uses nvJPEG on NVIDIA GPUs; this run is on {accelerator.device.type}: drop it")
     if cfg.loss_scale is not None and accelerator.mixed_precision != "fp16":

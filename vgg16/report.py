@@ -64,6 +64,9 @@ class RunResults:
     """--evaluate: the weights evaluated."""
     stopped: Optional[dict] = None
     """A preempted run: {signal, step, checkpoint}."""
+    compiled_graphs: Optional[int] = None
+    """--compile: graphs torch.compile compiled in the main process (training's, validation's, its last batch's)."""
+    graph_breaks: Optional[int] = None
 
     def update(self, **values) -> None:
         unknown = set(values) - {f.name for f in fields(self)}

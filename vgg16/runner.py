@@ -21,6 +21,7 @@ from .cli import parse_args
 from .config import TrainConfig
 from .data.inputs import build_inputs
 from .data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+from .compiling import compile_in_place
 from .engine import Normalizer, NonFiniteLoss, evaluate
 from .errors import SaidByMainProcess, UsageError, lost_a_peer, one_line, process_label
 from .finetune import freezing_for, load_start, start_weights
@@ -142,6 +143,8 @@ def _run(cfg: TrainConfig, accelerator, stop: Optional[StopAgreement]) -> dict:
     normalize = Normalizer(mean, std, accelerator.device, channels_last=cfg.channels_last)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:  # before accelerate.prepare wraps it in DDP (compiling.py says why)
+        compile_in_place(model, normalize, backend=cfg.compile_backend, mode=cfg.compile_mode)
 
     if cfg.evaluate:
         model, _, _, val_loader = inputs.prepare(accelerator, model, train=False)

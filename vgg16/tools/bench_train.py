@@ -9,7 +9,7 @@ import time
 import torch
 from torch import nn
 
-from ..errors import UsageError, one_line
+from ..errors import one_line
 
 # Dense peak TFLOP/s of known devices in 16-bit (for FLOP utilisation); add yours with --peak-tflops.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "Ascend910B": 313.0, "Ascend910": 256.0}
@@ -39,6 +39,7 @@ def bench_train(args) -> list:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from ..compiling import compile_in_place
     from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, SyntheticImages
     from ..engine import EpochPlan, Normalizer, StepLogger, Trainee, normalised_batches, train_one_epoch
     from ..launch import dataloader_configuration, device_name, synchronize
@@ -49,11 +50,9 @@ def bench_train(args) -> list:
 
     # The trainer's loader settings (non-blocking copies), so what is measured is our step and not a copy that
     # waits for the queued step.
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, dynamo_backend="inductor" if args.compile else None,
-                              dataloader_config=dataloader_configuration())
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, dataloader_config=dataloader_configuration())
     device = accelerator.device
-    if args.compile and device.type != "cuda":
-        raise UsageError(f"--compile is for NVIDIA GPUs; this is {device.type}")
+    compile_kwargs = dict(backend=args.compile_backend, mode=None if args.compile_mode == "default" else args.compile_mode)
     torch.backends.cudnn.benchmark = True  # as the trainer sets it (without --deterministic); both sides get it
     sync = lambda: synchronize(device)  # noqa: E731
     head = head_for(args.image_size)
@@ -62,6 +61,8 @@ def bench_train(args) -> list:
     steps = args.steps + warmup
 
     def fresh_model():
+        if args.compile:  # each model compiles anew: dynamo's cache per code object holds only a few models
+            torch._dynamo.reset()
         set_seed(0)
         return build_model(args.arch, 1000, head=head).to(memory_format=memory_format)
 
@@ -71,6 +72,9 @@ def bench_train(args) -> list:
     def ours_once(batch_size: int, check: bool = False) -> float:
         """The trainer's own step: Accelerate's prepare, the engine's train_one_epoch, its optimizer choice."""
         model = fresh_model()
+        normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, channels_last=args.channels_last)
+        if args.compile:  # as the trainer compiles (vgg16/compiling.py): in place, normalisation inside
+            compile_in_place(model, normalize, backend=args.compile_backend, mode=args.compile_mode)
         optimizer = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False,
                                     fused=use_fused(device.type, accelerator.mixed_precision))
         data = SyntheticImages(steps * batch_size, image_size=args.image_size, num_classes=1000, seed=0)
@@ -82,7 +86,6 @@ def bench_train(args) -> list:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         meter = ThroughputMeter(sync, warmup_steps=warmup)
         plan = EpochPlan(0, 1, steps, print_freq=10**9)
-        normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, channels_last=args.channels_last)
         train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss()),
                         normalised_batches(loader, tuple, normalize), accelerator, plan,
                         StepLogger(accelerator, plan, meter, log=lambda m: None),
@@ -94,7 +97,7 @@ def bench_train(args) -> list:
         """The loop a user writes without us: float batches already normalised on the device, torch's SGD."""
         model = fresh_model().to(device)
         if args.compile:
-            model = torch.compile(model)
+            model = torch.compile(model, **compile_kwargs)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         x = torch.randn(batch_size, 3, args.image_size, args.image_size, device=device).contiguous(
             memory_format=memory_format)
@@ -119,7 +122,7 @@ def bench_train(args) -> list:
     name = device_name(accelerator)
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name.replace(" ", "")), None)
     setting = accelerator.mixed_precision + (" + channels_last" if args.channels_last else "") + \
-        (" + compile" if args.compile else "")
+        (f" + compile ({args.compile_mode})" if args.compile else "")
     results = []
     for batch_size in args.batch_size:
         what = f"training step, {args.arch} {args.image_size} px, batch {batch_size}, {setting}"

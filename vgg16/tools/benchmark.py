@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..config import COMPILE_MODES
 from ..errors import UsageError, one_line
 from .bench_train import bench_train, side_order
 
@@ -159,7 +160,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t.add_argument("--steps", type=int, default=30)
     t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     t.add_argument("--channels-last", action="store_true", help="channels_last model and batches (both sides)")
-    t.add_argument("--compile", action="store_true", help="torch.compile both sides (ours through Accelerate); GPU")
+    t.add_argument("--compile", action="store_true", help="torch.compile both sides (ours as the trainer compiles)")
+    t.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
+    t.add_argument("--compile-backend", default="inductor")
     t.add_argument("--peak-tflops", type=float, help="device peak for FLOP utilisation, if not known")
     t.add_argument("--stop-check", action="store_true", help="also time ours with the per-step preemption check, "
                    "and the check alone (launch with several processes to include its all-reduce)")
