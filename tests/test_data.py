@@ -1,6 +1,7 @@
 import torch
 
-from vgg16.data.pipeline import AugmentedDataset, SyntheticImages, build_loaders, eval_transform, sample_seed, train_transform
+from vgg16.data.pipeline import (AugmentedDataset, SyntheticImages, build_loaders, eval_transform, sample_seed, seeded,
+                                  train_transform)
 from vgg16.data.sources import load_source
 
 
@@ -63,3 +64,39 @@ def test_synthetic_images():
     ds = SyntheticImages(1000, image_size=48, num_classes=7, seed=0)
     x, y, _ = ds[9]
     assert x.shape == (3, 48, 48) and x.dtype == torch.uint8 and y == 9 % 7 and len(ds) == 1000
+
+
+def test_reduced_scale_decoding_keeps_the_seeded_draws_and_the_picture(tmp_path):
+    """400x300 photographs to 64 px: crops of at least 128 px decode at 1/2 or 1/4 scale (validation's resize to
+    73 at 1/4). Each sample stays a function of its seed, and is the full decode's picture: the same crop (to
+    within half a reduced pixel) and the same flip, so it is far closer to it than to its mirror image."""
+    from vgg16.data.images import decode_image
+    from vgg16.data.sources import load_source
+    from vgg16.tools.photos import make_photo_folder
+
+    data = load_source(str(make_photo_folder(tmp_path / "p", n_train=6, n_val=2, size=(400, 300))), seed=0)
+    for split, transform, bound in ((data.train, train_transform(image_size=64, small=False), 8.0),
+                                    (data.val, eval_transform(resize_size=73, crop_size=64), 2.0)):
+        ds = AugmentedDataset(split, transform, seed=7)
+        for i in range(len(ds)):
+            reduced = ds[i][0].float()
+            assert torch.equal(ds[i][0], reduced.to(torch.uint8))  # drawn again from the same seed: the same
+            with seeded(sample_seed(7, 0, i)):
+                full = transform(decode_image(ds.data[i]["image"])).float()
+            difference = (reduced - full).abs().mean()
+            assert difference < bound and difference < (reduced - full.flip(-1)).abs().mean() / 2, i
+        assert ds.decoder.reduced >= len(ds) * 2 // 4  # it did decode at reduced scale (twice per sample here)
+
+
+def test_default_workers_share_the_process_cpus_among_local_processes_without_a_cap(monkeypatch):
+    import os
+
+    from vgg16.launch import default_workers
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(40)))  # a 40-core share (not this machine)
+    assert default_workers(None, 2) == 20  # 20 each, where a cap of 8 would starve a fast GPU
+    assert default_workers(3, 2) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})  # SLURM's 3 of the node's many CPUs
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    assert default_workers(None, 1) == 1  # 3 CPUs / 2 local processes

@@ -16,7 +16,7 @@ from torchvision import models
 
 import vgg16
 from vgg16 import predict, report
-from vgg16.data.pipeline import decode_image
+from vgg16.data.images import decode_image
 from vgg16.errors import UsageError
 from vgg16.runner import main
 

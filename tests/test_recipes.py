@@ -12,7 +12,8 @@ from torch import nn
 from torchvision.transforms import v2
 
 from vgg16.cli import parse_args
-from vgg16.data.pipeline import MEAN_PIXEL, AugmentedDataset, RepeatedAugmentation, train_transform
+from vgg16.data.pipeline import MEAN_PIXEL, AugmentedDataset, RepeatedAugmentation, eval_transform, train_transform
+from vgg16.data.sources import load_source
 from vgg16.ema import ModelEMA, ema_decay
 from vgg16.mixing import BatchMixer
 from vgg16.model import build_model
@@ -218,8 +219,22 @@ def _tensors(path: Path) -> dict:
     return load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
 
 
+def _assert_decoded_at_reduced_scale(data: Path) -> None:
+    """The run's transforms on this folder (32 px: Resize + RandomCrop) decode every image at 1/2 scale."""
+    source = load_source(str(data), seed=0)
+    train = AugmentedDataset(source.train, train_transform(image_size=32, small=True, auto_augment="ta_wide",
+                                                           random_erase=0.5, interpolation="bicubic"), seed=49)
+    val = AugmentedDataset(source.val, eval_transform(resize_size=40, crop_size=32, interpolation="bicubic"), seed=49)
+    for split in (train, val):
+        for i in range(len(split)):
+            assert split[i][0].shape == (3, 32, 32)
+    assert (train.decoder.reduced, val.decoder.reduced) == (len(train), len(val))
+
+
 def test_every_option_at_once_survives_sigkill_bitwise(tmp_path):
-    data = make_photo_folder(tmp_path / "photos", n_train=8, n_val=3)  # 32 train images: 8 steps per epoch
+    # 32 train images (8 steps per epoch), 160x120: every image decodes at half scale (the resize to 32 and 40 px)
+    data = make_photo_folder(tmp_path / "photos", n_train=8, n_val=3, size=(160, 120))
+    _assert_decoded_at_reduced_scale(data)
     reference = tmp_path / "reference"
     done = _ok(run_cli("--data", str(data), *ALL_OPTIONS, "--output-dir", str(reference)))
     assert "[torchvision]" in done.stdout and "validation (EMA)" in done.stdout

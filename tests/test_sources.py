@@ -6,7 +6,7 @@ import pytest
 from conftest import class_image, make_image_folder
 from PIL import Image
 
-from vgg16.data.pipeline import to_rgb
+from vgg16.data.images import to_rgb
 from vgg16.errors import UsageError
 from vgg16.data.sources import load_source
 

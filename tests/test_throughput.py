@@ -14,7 +14,8 @@ import torch
 from conftest import ROOT, class_image, make_image_folder, make_photo_folder
 from PIL import Image
 
-from vgg16.data.pipeline import decode_image, sample_seed, seeded, train_transform
+from vgg16.data.images import decode_image
+from vgg16.data.pipeline import sample_seed, seeded, train_transform
 from vgg16.data.sources import load_source
 
 

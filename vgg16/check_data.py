@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 
 import datasets
 
-from .data.pipeline import BAD_IMAGE_ERRORS, decode_image, describe
+from .data.images import BAD_IMAGE_ERRORS, decode_image
+from .data.pipeline import describe
 from .errors import UsageError, one_line
 from .data.sources import load_source
 

@@ -114,7 +114,7 @@ class TrainConfig:
     shuffle_buffer: int = option(8192, "--shuffle-buffer", group=DATA, minimum=0, metavar="ROWS",
                                  help="--streaming: rows per process held for shuffling, in memory")
     workers: Optional[int] = option(None, "-j", "--workers", group=DATA, minimum=0,
-                                    help="data loading workers per process (default: CPUs / local processes, at most 8)")
+                                    help="data loading workers per process (default: this process's CPUs / local processes)")
 
     # --- model ---
     arch: Optional[str] = option(

@@ -160,7 +160,7 @@ def use_cpu_cores(accelerator: Accelerator):
     if accelerator.device.type != "cpu":
         return None
     local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    share = max(1, (os.cpu_count() or 1) // max(1, local))
+    share = max(1, usable_cpus() // max(1, local))
     launched_by_accelerate = "ACCELERATE_DYNAMO_BACKEND" in os.environ
     if launched_by_accelerate and os.environ.get("OMP_NUM_THREADS") == "1" and torch.get_num_threads() < share:
         torch.set_num_threads(share)
@@ -178,8 +178,18 @@ def device_name(accelerator: Accelerator) -> str:
 
 
 def default_workers(requested, num_processes: int) -> int:
-    """--workers, or this machine's CPUs shared among its processes (at most 8 each)."""
+    """--workers, or the CPUs this process may use shared among this machine's processes: on a node of 8 GPUs and
+    128 cores, 16 workers each (JPEG decoding needs them all to keep a fast GPU fed)."""
     if requested is not None:
         return requested
     local = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))  # set by the launcher on multi-node runs
-    return max(0, min(8, (os.cpu_count() or 1) // max(1, local)))
+    return max(0, usable_cpus() // max(1, local))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a SLURM job's or a container's share (its affinity mask), not the
+    whole machine's count that os.cpu_count() gives."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS and Windows have no affinity mask
+        return os.cpu_count() or 1

@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .data.pipeline import BAD_IMAGE_ERRORS, decode_image, eval_sizes, eval_transform
+from .data.images import BAD_IMAGE_ERRORS, decode_image
+from .data.pipeline import eval_sizes, eval_transform
 from .engine import Normalizer
 from .errors import UsageError, one_line
 from .hub import from_pretrained

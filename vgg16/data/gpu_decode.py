@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .pipeline import AugmentedDataset, read_bytes, sample_seed, seeded
+from .images import read_bytes
+from .pipeline import AugmentedDataset, sample_seed, seeded
 
 
 class EncodedImages(Dataset):

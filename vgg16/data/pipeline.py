@@ -7,21 +7,18 @@ into normalised floats.
 
 from __future__ import annotations
 
-import io
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Optional
 
 import datasets
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from ..config import default_val_resize
+from .images import BAD_IMAGE_ERRORS
+from .reduced import SizedDecoder
 from ..errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,54 +83,13 @@ def eval_transform(*, resize_size: int, crop_size: int, interpolation: str = "bi
                        v2.PILToTensor()])
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode (L, LA, P, CMYK, RGBA, I;16 ...) to RGB, as torchvision's default loader does."""
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # avoids PIL's warning about palette transparency
-    if image.mode.startswith("I") or image.mode == "F":
-        # 16-bit greyscale (scientific PNG/TIFF) and float images: PIL's convert clips at 255, so scale instead.
-        scale = 255.0 if image.mode == "F" else 1 / 257  # float images in [0, 1]; integers in the 16-bit range
-        values = np.asarray(image, dtype=np.float32) * scale
-        image = Image.fromarray(values.clip(0, 255).astype(np.uint8))
-    return image.convert("RGB")
-
-
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A distinct, reproducible seed per (run seed, epoch, sample): augmentation then depends on neither worker
     count nor process count, and a resumed run draws exactly what an uninterrupted one would."""
     return ((seed * 1_000_003 + epoch) * 2_147_483_647 + index) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-# What PIL raises for truncated, empty or non-image files (UnidentifiedImageError is an OSError).
-BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 MAX_REPLACEMENTS = 16
-
-
-def read_bytes(raw: dict) -> bytes:
-    """The encoded file of a datasets.Image value stored undecoded: its bytes, or the file at its path."""
-    return raw["bytes"] if raw.get("bytes") else Path(raw["path"]).read_bytes()
-
-
-def decode_image(raw: dict):
-    """An RGB image from a datasets.Image value stored undecoded ({'bytes', 'path'}), decoded in full so a bad
-    file fails here (OSError).
-
-    JPEG goes through torchvision's libjpeg-turbo decoder straight to a uint8 CHW tensor: about 1.4x PIL per core
-    here (805 against 575 images/s with the same RandomResizedCrop), pixel-identical to PIL for RGB, greyscale and
-    CMYK files. Everything else goes through PIL and `to_rgb`. The transforms accept either. (torchvision 0.29
-    marks its decoders deprecated in favour of TorchCodec; they still ship and run, and a swap stays in here.)
-    """
-    data = read_bytes(raw)
-    if data[:3] == b"\xff\xd8\xff":
-        try:
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError as e:  # truncated or corrupt: what PIL reports as OSError
-            raise OSError(str(e).strip().splitlines()[-1]) from None
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return to_rgb(image)
 
 
 def skip_unreadable(where: str, error: BaseException, *, strict: bool, reported: set) -> None:
@@ -171,12 +127,14 @@ class AugmentedDataset(Dataset):
     Returns (uint8 CHW image, label, bad) where `bad` counts the unreadable files met for this sample: an
     unreadable file is reported once per process, and replaced by the next sample (unless strict, when the run
     stops naming it), so one bad JPEG never costs a run. The replacement keeps the original index's seed.
+    A JPEG is decoded at reduced scale where the first transform keeps few of its pixels (reduced.py).
     """
 
     def __init__(self, data, transform, seed: int, strict: bool = False):
         # Undecoded view: we decode ourselves, to catch bad files and name them.
         self.data = data.cast_column("image", datasets.Image(decode=False))
         self.transform = transform
+        self.decoder = SizedDecoder(transform)
         self.seed = seed
         self.strict = strict
         # Shared memory, so persistent workers see the epoch the main process sets before each epoch.
@@ -189,25 +147,23 @@ class AugmentedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def _load(self, index: int) -> tuple:
-        """(RGB image or uint8 tensor, label, unreadable files skipped) for `index`, or the first readable
-        sample after it."""
-        for bad in range(MAX_REPLACEMENTS):
-            i = (index + bad) % len(self.data)
-            example = self.data[i]
-            try:
-                return decode_image(example["image"]), example["label"], bad
-            except BAD_IMAGE_ERRORS as e:
-                skip_unreadable(describe(example["image"], i), e, strict=self.strict, reported=self._reported)
-        raise UsageError(f"{MAX_REPLACEMENTS} unreadable images in a row from image #{index}: is the data intact? "
-                         "(python -m vgg16.check_data --data ... lists them)")
-
     def __getitem__(self, index: int):
         # An index past the end is a repeated copy (RepeatedAugmentation): the same image, its own seed.
-        image, label, bad = self._load(index % len(self.data))
-        with seeded(sample_seed(self.seed, int(self._epoch[0]), index)):
-            pixels = self.transform(image)
-        return pixels, label, bad
+        start, seed = index % len(self.data), sample_seed(self.seed, int(self._epoch[0]), index)
+        for bad in range(MAX_REPLACEMENTS):
+            i = (start + bad) % len(self.data)
+            example = self.data[i]
+            # The seed before the decode: the crop is drawn from the file's header (SizedDecoder), and a
+            # replacement draws from the same seed again.
+            with seeded(seed):
+                try:
+                    decoded = self.decoder.decode(example["image"])
+                except BAD_IMAGE_ERRORS as e:
+                    skip_unreadable(describe(example["image"], i), e, strict=self.strict, reported=self._reported)
+                    continue
+                return self.decoder.finish(decoded), example["label"], bad
+        raise UsageError(f"{MAX_REPLACEMENTS} unreadable images in a row from image #{index}: is the data intact? "
+                         "(python -m vgg16.check_data --data ... lists them)")
 
 
 class SyntheticImages(Dataset):

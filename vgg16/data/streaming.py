@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .pipeline import BAD_IMAGE_ERRORS, decode_image, sample_seed, seeded, skip_unreadable
+from .images import BAD_IMAGE_ERRORS, decode_image
+from .pipeline import sample_seed, seeded, skip_unreadable
 from ..errors import UsageError
 from .shards import ParquetSplit, open_parquet
 
