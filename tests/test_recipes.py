@@ -13,7 +13,6 @@ from torchvision.transforms import v2
 
 from vgg16.cli import parse_args
 from vgg16.data.pipeline import MEAN_PIXEL, AugmentedDataset, RepeatedAugmentation, eval_transform, train_transform
-from vgg16.data.sources import load_source
 from vgg16.ema import ModelEMA, ema_decay
 from vgg16.mixing import BatchMixer
 from vgg16.model import build_model

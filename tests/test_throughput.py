@@ -92,13 +92,16 @@ def test_benchmark_train_prints_both_rates_and_the_ratio():
     assert 0.8 < r["gflop_per_image"] < 1.1  # VGG11 at 32 px: 0.155 GMAC = 0.31 GFLOP forward, x3 for training
 
 
-@pytest.mark.parametrize("split", [[], ["--eval"]])
+@pytest.mark.parametrize("split", [[], ["--eval"], ["--gpu-decode", "--device", "cpu"]])
 def test_benchmark_data_against_torchvision_imagefolder(tmp_path, split):
-    data = make_image_folder(tmp_path / "d", n_train=8, n_val=8)
+    data = make_image_folder(tmp_path / "d", n_train=8, n_val=8) if not split[1:] else _jpeg_folder(tmp_path / "j", 8)
     r = _benchmark("data", "--data", str(data), "--batch-size", "4", "--workers", "0", "--steps", "2", "--rounds", "1",
                    *split)
     assert r["images_per_s"] > 0 and r["baseline_images_per_s"] > 0 and r["ratio"] > 0
-    assert ("eval" in r["what"]) == bool(split)
+    assert ("eval" in r["what"]) == (split == ["--eval"])
+    if split[1:]:  # --gpu-decode: the decode alone and with the (batched) transforms, the same code as on a GPU
+        assert r["decode_only_images_per_s"] > 0 and r["decode_and_transforms_images_per_s"] == r["images_per_s"]
+        assert r["batched_transforms"] is True
 
 
 def test_benchmark_stream_times_both_loaders_on_parquet_made_from_photographs(tmp_path):
@@ -132,16 +135,47 @@ def _jpeg_folder(root, n=4):
     return root
 
 
-def _decoded_batches(train, indices_batches, epoch=1):
+def _decoded_batches(train, indices_batches, epoch=1, batched=True):
     """Run the --gpu-decode feed (the runner's own object: file bytes -> collate -> batch decoder) with the CPU as
     the device."""
     from vgg16.data.decoding import decoding_for
+    from vgg16.data.gpu_decode import BatchDecoder
 
     train.set_epoch(epoch)
     decoding = decoding_for(True, "cpu")
     feed = decoding.feed(train)
     assert not decoding.loader_on_device  # nvJPEG reads host memory: Accelerate must not move the bytes
-    return [feed.prepare(decoding.collate_fn([feed.dataset[i] for i in batch])) for batch in indices_batches]
+    prepare = feed.prepare if batched else BatchDecoder(train, "cpu", batched=False)
+    return [prepare(decoding.collate_fn([feed.dataset[i] for i in batch])) for batch in indices_batches]
+
+
+def _assert_same_pictures(images, reference, bound):
+    """Each image is its reference's picture (same crop, same flip): close to it, far closer than to its mirror."""
+    assert images.shape == reference.shape and images.dtype == torch.uint8
+    for image, ref in zip(images.float(), reference.float()):
+        difference = (image - ref).abs().mean()
+        assert difference < bound and difference < (image - ref.flip(-1)).abs().mean() / 2, float(difference)
+
+
+def test_gpu_decode_batched_crops_give_the_cpu_paths_pictures_of_photographs(tmp_path):
+    """Training (RandomResizedCrop + flip) and validation (Resize + CenterCrop) transforms for a batch at once,
+    on 200x150 photographs: the CPU path's boxes and flips, within a few levels of its antialiased resize."""
+    from vgg16.data.gpu_decode import BatchDecoder
+    from vgg16.data.pipeline import AugmentedDataset, eval_transform
+
+    data = load_source(str(make_photo_folder(tmp_path / "p", n_train=4, n_val=2, size=(200, 150))), seed=0)
+    for split, transform in ((data.train, train_transform(image_size=64, small=False)),
+                             (data.val, eval_transform(resize_size=73, crop_size=64))):
+        ds = AugmentedDataset(split, transform, seed=3)
+        assert BatchDecoder(ds, "cpu").batched is not None
+        batch = list(range(len(ds)))
+        (images, _, bad), = _decoded_batches(ds, [batch], epoch=2)
+        full = []  # the CPU path's transforms on the full decode (nvJPEG decodes in full; the CPU path may not)
+        for i in batch:
+            with seeded(sample_seed(3, 2, i)):
+                full.append(transform(decode_image(ds.data[i]["image"])))
+        _assert_same_pictures(images, torch.stack(full), bound=3.0)
+        assert bad.tolist() == [0] * len(batch)
 
 
 def test_host_feed_is_the_dataset_itself(image_folder):
@@ -170,12 +204,19 @@ def test_gpu_decode_path_gives_the_cpu_paths_images(tmp_path, layout, monkeypatc
     batches = [[0, 1, 2], [3, 4, 5]]
     with monkeypatch.context() as m:
         if layout == "jpeg-only":  # the batched decoder must do it all: no per-sample CPU fallback
-            m.setattr(AugmentedDataset, "_load", lambda *a: pytest.fail("fell back to the CPU path"))
+            m.setattr(AugmentedDataset, "__getitem__", lambda *a: pytest.fail("fell back to the CPU path"))
         decoded = _decoded_batches(train, batches)
-    for (images, labels, bad), batch in zip(decoded, batches):
-        reference = [train[i] for i in batch]  # the CPU path, same epoch
-        assert torch.equal(images, torch.stack([r[0] for r in reference]))
-        assert labels.tolist() == [r[1] for r in reference] and bad.tolist() == [r[2] for r in reference]
+        if layout == "jpeg-only":  # and sample by sample (the transforms batched_crops does not do) exactly
+            per_sample = _decoded_batches(train, batches, batched=False)
+    for k, ((images, labels, bad), batch) in enumerate(zip(decoded, batches)):
+        reference = torch.stack([train[i][0] for i in batch])  # the CPU path, same epoch
+        if layout == "mixed-formats" or (layout == "with-a-truncated-jpeg" and k == 0):
+            assert torch.equal(images, reference)  # nvJPEG refused the batch: the CPU path's own samples
+        else:  # one roi_align for the batch: the same boxes and flips, an area filter
+            _assert_same_pictures(images, reference, bound=6.0)
+        if layout == "jpeg-only":
+            assert torch.equal(per_sample[k][0], reference)
+        assert labels.tolist() == [train[i][1] for i in batch] and bad.tolist() == [train[i][2] for i in batch]
     if layout == "with-a-truncated-jpeg":
         assert _decoded_batches(train, [[1]])[0][2].tolist() == [1]
 

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from .batched_crops import BatchedCrops
 from .images import read_bytes
 from .pipeline import AugmentedDataset, sample_seed, seeded
 
@@ -47,11 +48,12 @@ class BatchDecoder:
     instead, where an unreadable file becomes the next readable sample exactly as in the CPU path.
     """
 
-    def __init__(self, source: AugmentedDataset, device: torch.device):
+    def __init__(self, source: AugmentedDataset, device: torch.device, batched: bool = True):
         self.source = source
         self.device = torch.device(device)
         # nvJPEG is CUDA-only, so its stream is CUDA's (see _decode); other devices decode on the CPU path's decoder
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.batched = BatchedCrops.for_transform(source.transform) if batched else None
 
     def _decode(self, encoded: list) -> list:
         """nvJPEG's hardware decoder writes its outputs before the work already queued on its stream has run
@@ -74,19 +76,29 @@ class BatchDecoder:
         with seeded(sample_seed(self.source.seed, epoch, index)):  # crop parameters from the CPU generator
             return self.source.transform(image)
 
+    def _transform_batch(self, images: list, indices: list, epoch: int) -> torch.Tensor:
+        """The batch's crops in one roi_align per size group (batched_crops.py), or sample by sample where the
+        transform is not one it does (or a validation image smaller than its crop)."""
+        seeds = [sample_seed(self.source.seed, epoch, i) for i in indices]
+        if self.batched is not None:
+            boxes, flips = self.batched.draws([tuple(im.shape[-2:]) for im in images], seeds)
+            if all(box is not None for box in boxes):
+                return self.batched(images, boxes, flips)
+        return torch.stack([self._transform(im, i, epoch) for im, i in zip(images, indices)])
+
     def __call__(self, batch: tuple) -> tuple:
         encoded, labels, indices = batch
         epoch = int(self.source._epoch[0])
         bad = torch.zeros(len(encoded), dtype=torch.int64)
         try:
-            images = self._decode(encoded)
-            out = [self._transform(im, i, epoch) for im, i in zip(images, indices.tolist())]
+            out = self._transform_batch(self._decode(encoded), indices.tolist(), epoch)
         except RuntimeError:
             out = []
             for k, i in enumerate(indices.tolist()):
                 pixels, label, bad[k] = self.source[i]
                 labels[k] = label
                 out.append(pixels.to(self.device))
-        return (torch.stack(out).to(self.device), labels.to(self.device, non_blocking=True),
+            out = torch.stack(out)
+        return (out.to(self.device), labels.to(self.device, non_blocking=True),
                 bad.to(self.device, non_blocking=True))
 

@@ -1,6 +1,6 @@
 """Throughput against the plain PyTorch way, measured in the same run on the same machine.
 
-    python -m vgg16.tools.benchmark data --data DIR [--batch-size 64 --workers N --steps 50 --eval]
+    python -m vgg16.tools.benchmark data --data DIR [--batch-size 64 --workers N --steps 50 --eval --gpu-decode]
     python -m vgg16.tools.benchmark stream --data PARQUET_DIR [--batch-size 64 --workers N --steps 50]
     python -m vgg16.tools.benchmark train [--arch vgg16 --image-size 224 --batch-size 64 --steps 30 --mixed-precision bf16]
 
@@ -68,17 +68,53 @@ def bench_data(args) -> dict:
                                            drop_last=True, generator=torch.Generator().manual_seed(0),
                                            persistent_workers=False, prefetch_factor=4 if args.workers else None)
 
-    ours, ref = 0.0, 0.0
+    ours, ref, gpu = 0.0, 0.0, {}
     for r in range(args.rounds):
         for side in side_order(r):
             if side == "baseline":
                 ref = max(ref, _time_loader(loader(ref_set), args.steps))
+            elif args.gpu_decode:
+                rates = _time_gpu_decode(ours_set, args)
+                gpu = {k: max(v, gpu.get(k, 0.0)) for k, v in rates.items()}
+                ours = gpu["decode_and_transforms_images_per_s"]
             else:
                 ours = max(ours, _time_loader(loader(ours_set), args.steps))
-    return {"what": f"data pipeline ({'eval' if args.eval else 'train'} transforms, 224 px)", "images_per_s": ours,
+    return {"what": f"data pipeline ({'eval' if args.eval else 'train'} transforms, 224 px"
+                    + (f", --gpu-decode on {args.device}" if args.gpu_decode else "") + ")", "images_per_s": ours, **gpu,
             "baseline_images_per_s": ref, "ratio": ours / ref, "workers": args.workers,
             "batch_size": args.batch_size, "images": len(ours_set), "baseline": "torchvision ImageFolder + PIL + "
             "ToTensor + Normalize"}
+
+
+def _time_gpu_decode(dataset, args) -> dict:
+    """--gpu-decode as the trainer feeds it (workers read file bytes, the batch decoder decodes and transforms
+    on the device): images/s of the decode alone and of decode + transforms, over the same batches."""
+    from ..data.gpu_decode import BatchDecoder, EncodedImages, collate_encoded
+    from ..launch import synchronize
+
+    device = torch.device(args.device)
+    decoder = BatchDecoder(dataset, device)
+    loader = torch.utils.data.DataLoader(EncodedImages(dataset), batch_size=args.batch_size, shuffle=True,
+                                         num_workers=args.workers, drop_last=True, collate_fn=collate_encoded,
+                                         generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda",
+                                         prefetch_factor=4 if args.workers else None)
+    batches = []
+    for k, batch in enumerate(loader):  # read first: what is timed is the device's work, not the file reads
+        if k == args.steps + 1:
+            break
+        batches.append(batch)
+    rates = {}
+    for name, work in (("decode_only_images_per_s", lambda b: decoder._decode(b[0])),
+                       ("decode_and_transforms_images_per_s", decoder)):
+        work(batches[0])  # warm-up: nvJPEG's handles, cuDNN-free kernels' first launch
+        synchronize(device)
+        start = time.perf_counter()
+        for batch in batches[1:]:
+            work(batch)
+        synchronize(device)
+        rates[name] = args.batch_size * (len(batches) - 1) / (time.perf_counter() - start)
+    rates["batched_transforms"] = decoder.batched is not None
+    return rates
 
 
 def _folder_bytes(path: str) -> int:
@@ -145,6 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     d.add_argument("--steps", type=int, default=50)
     d.add_argument("--eval", action="store_true", help="evaluation transforms (Resize 256 + CenterCrop 224)")
+    d.add_argument("--gpu-decode", action="store_true", help="ours as --gpu-decode: workers read the files, the "
+                   "device decodes and transforms each batch; reports the decode alone and decode + transforms")
+    d.add_argument("--device", default="cuda", help="with --gpu-decode (cpu: the same code on the CPU decoder)")
     st = sub.add_parser("stream", help="--streaming against loading the parquet files whole (Dataset.from_parquet)")
     st.add_argument("--data", required=True, help="a local parquet folder in the hub layout")
     st.add_argument("--batch-size", type=int, default=64)
@@ -187,6 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   + (f"; with the stop check {result['with_stop_check_images_per_s']:.1f} images/s (ratio "
                      f"{result['stop_check_ratio']:.3f}), the check alone {result['stop_check_us']:.0f} us = "
                      f"{100 * result['stop_check_share_of_step']:.3f}% of a step" if "stop_check_us" in result else "")
+                  + (f"; decode alone {result['decode_only_images_per_s']:.1f} images/s, decode + transforms "
+                     f"{result['decode_and_transforms_images_per_s']:.1f}" if "decode_only_images_per_s" in result else "")
                   + (f"; the whole load took {result['whole_load_s']:.1f} s and {result['arrow_copy_bytes'] / 1e9:.2f} GB "
                      f"of disk for its Arrow copy, the first streamed batch {result['stream_first_batch_s']:.2f} s"
                      if "whole_load_s" in result else ""))
