@@ -5,12 +5,13 @@
 Writes device_report.json and device_report.md into the output folder, again after every item, so a run cut
 short still leaves what it measured. Items, most important first (an item that would start after the time budget
 is reported as skipped, with the reason):
+  - ours compiled (bf16 + channels_last + --compile) against the compiled plain loop at batch 256;
+  - the real trainer on ~500x375 JPEG photographs made once (vgg16.tools.photos) with --gpu-decode (bf16,
+    channels_last, 500 steps or more, the loss finite to the end), then with CPU workers: FPS from results.json;
+  - `benchmark data --gpu-decode`: nvJPEG's decode alone and with the batched transforms;
   - the training step of our trainer against a plain PyTorch loop in the same run (`python -m vgg16.tools.benchmark
-    train`): bf16, bf16 + channels_last, fp16, fp32, bf16 + channels_last + torch.compile; batch 64/128/256 as
-    memory allows; images/s, ratio, FLOP utilisation;
-  - the input pipeline on ~500x375 JPEG photographs made once (vgg16.tools.photos): CPU workers against --gpu-decode;
-  - the real trainer for a few hundred steps on those photographs (--gpu-decode, bf16, channels_last), FPS from
-    results.json, and the same with CPU workers;
+    train`): bf16, bf16 + channels_last, then fp16, fp32; batch 64/128/256 as memory allows; images/s, ratio,
+    FLOP utilisation; the input pipeline: CPU workers against --gpu-decode;
   - correctness on the device: a mid-epoch resume that ends bit-identical (--deterministic), fp16 skipped steps
     counted (checked against the loss scaler's own scale), every validation image counted exactly once.
 Each trainer and benchmark run is its own process, as a user would start it: precision and compile settings
@@ -27,8 +28,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import UsageError, one_line
-from .device_items import (Check, Plan, item_fp16_skips, item_pipeline, item_resume, item_step, item_trainer,
-                           photos_folder, step_settings)
+from .device_items import (Check, Plan, item_fp16_skips, item_gpu_decode_benchmark, item_pipeline, item_resume,
+                           item_step, item_trainer, photos_folder, step_settings)
 
 
 # ---------------------------------------------------------------- environment
@@ -96,22 +97,24 @@ def run_check(out: Path, quick: bool, budget_s: float, arch: Optional[str] = Non
         "path", photos_folder(check)))})
     have_photos = "path" in photos
     no_photos = None if have_photos else "the photographs could not be made (see the setup item)"
-    fitting = list(plan.batches)
-    for name, precision, flags, why in settings[:2]:
-        e = attempt("step", name, lambda: item_step(check, name, precision, flags, plan.batches), why)
-        fitting = [r["batch_size"] for r in e.get("rows", []) if not r.get("oom")] or fitting
     gpu_why = None if device == "cuda" else "no nvJPEG: --gpu-decode needs an NVIDIA GPU"
-    attempt("pipeline", "CPU workers against --gpu-decode", lambda: item_pipeline(check, photos["path"]), no_photos)
+    # What has never run on a GPU first: the compiled step against the compiled plain loop at the largest batch,
+    # --gpu-decode's batched transforms in a long bf16 run, and the trainer's FPS on JPEGs both ways.
+    name, precision, flags, why = settings[4]
+    attempt("step", name, lambda: item_step(check, name, precision, flags, plan.batches[-1:]), why)
     attempt("trainer", "--gpu-decode, channels_last", lambda: item_trainer(check, photos["path"], True),
             gpu_why or no_photos)
+    attempt("trainer", "CPU workers, channels_last", lambda: item_trainer(check, photos["path"], False), no_photos)
+    attempt("pipeline", "--gpu-decode: decode alone and with the transforms",
+            lambda: item_gpu_decode_benchmark(check, photos["path"]), gpu_why or no_photos)
+    for name, precision, flags, why in settings[:2]:
+        attempt("step", name, lambda: item_step(check, name, precision, flags, plan.batches), why)
+    attempt("pipeline", "CPU workers against --gpu-decode", lambda: item_pipeline(check, photos["path"]), no_photos)
     attempt("correctness", "mid-epoch resume is bit-identical", lambda: item_resume(check))
     attempt("correctness", "fp16 skipped steps counted", lambda: item_fp16_skips(check),
             None if device != "cpu" else "fp16 needs a GPU or NPU (Accelerate refuses it on CPU)")
     for name, precision, flags, why in settings[2:4]:
         attempt("step", name, lambda: item_step(check, name, precision, flags, plan.batches), why)
-    attempt("trainer", "CPU workers, channels_last", lambda: item_trainer(check, photos["path"], False), no_photos)
-    name, precision, flags, why = settings[4]  # compiling is the slowest item: once, at the largest batch that fits
-    attempt("step", name, lambda: item_step(check, name, precision, flags, fitting[-1:]), why)
     check.report["complete"] = True
     write_reports(out, check.report)
     return check.report

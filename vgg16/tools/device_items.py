@@ -4,6 +4,7 @@ own commands in processes of their own, as a user would start them, and returns 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -29,6 +30,8 @@ class Plan:
     val_per_class: int = 50
     trainer_batch: int = 256
     trainer_epochs: int = 8
+    gpu_decode_steps: int = 500
+    """The --gpu-decode trainer runs at least this many steps (its loss must stay finite: nvJPEG's stream bug)."""
     pipeline_batches: int = 20
     resume_arch: str = "vgg11"
     resume_stop: int = 9
@@ -38,7 +41,7 @@ class Plan:
     @classmethod
     def quick(cls, arch: str, image_size: int) -> "Plan":
         return cls(arch=arch, image_size=image_size, batches=(4,), steps=3, photo_classes=4, train_per_class=16,
-                   val_per_class=5, trainer_batch=8, trainer_epochs=1, pipeline_batches=3, resume_stop=3,
+                   val_per_class=5, trainer_batch=8, trainer_epochs=1, gpu_decode_steps=8, pipeline_batches=3, resume_stop=3,
                    resume_end=6)
 
 
@@ -98,7 +101,7 @@ def step_settings(device: str) -> list:
     """(name, precision, flags, why it cannot run here or None), most important first."""
     off_cuda = None if device == "cuda" else (
         "torch.compile is not supported for NPU training" if device == "npu" else
-        "GPU only: compiling VGG16 on a CPU costs more than it saves, and the trainer refuses --compile there")
+        "GPU only here: compiling VGG16 for a CPU takes minutes and gains nothing this check could use")
     return [("bf16", "bf16", [], None),
             ("bf16 + channels_last", "bf16", ["--channels-last"], None),
             ("fp16", "fp16", [], None if device != "cpu" else "fp16 needs a GPU or NPU (Accelerate refuses it on CPU)"),
@@ -164,6 +167,23 @@ def item_pipeline(check: Check, photos: Path) -> dict:
     return {"rows": rows, "status": "measured", "images": f"{p.image_size} px RandomResizedCrop + flip from 500x375 JPEGs"}
 
 
+def item_gpu_decode_benchmark(check: Check, photos: Path) -> dict:
+    """`benchmark data --gpu-decode`: which part limits --gpu-decode, nvJPEG or the transforms after it."""
+    p = check.plan
+    batch = min(p.trainer_batch, p.photo_classes * p.train_per_class // (p.pipeline_batches + 2))
+    done = check.run(["-m", "vgg16.tools.benchmark", "data", "--data", str(photos), "--batch-size", str(batch),
+                      "--workers", str(min(4, os.cpu_count() or 1)), "--steps", str(p.pipeline_batches), "--rounds", "1",
+                      "--gpu-decode"], "pipeline_gpu_decode_benchmark")
+    r = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")][-1]
+    common = {"workers": r["workers"], "batch_size": r["batch_size"], "status": "measured"}
+    return {"status": "measured", "images": f"{p.image_size} px RandomResizedCrop + flip from 500x375 JPEGs, the "
+            f"transforms {'batched' if r['batched_transforms'] else 'per sample'}; torchvision's ImageFolder on CPU "
+            f"workers {r['baseline_images_per_s']:.0f}/s",
+            "rows": [{"way": "nvJPEG decode alone", "images_per_s": r["decode_only_images_per_s"], **common},
+                     {"way": "nvJPEG decode + transforms", "images_per_s": r["decode_and_transforms_images_per_s"],
+                      **common}]}
+
+
 def _results(folder: Path) -> dict:
     return json.loads((folder / "results.json").read_text())
 
@@ -173,9 +193,11 @@ def item_trainer(check: Check, photos: Path, gpu_decode: bool) -> dict:
     name = "trainer_gpu_decode" if gpu_decode else "trainer_cpu_workers"
     folder = check.out / name
     flags = ["--channels-last"] + (["--gpu-decode"] if gpu_decode else [])
+    steps_per_epoch = max(1, p.photo_classes * p.train_per_class // p.trainer_batch)
+    # --gpu-decode: enough epochs for gpu_decode_steps; CPU workers: half the usual epochs, a steady rate to compare
+    epochs = -(-p.gpu_decode_steps // steps_per_epoch) if gpu_decode else max(1, p.trainer_epochs // 2)
     command = ["train_vgg16.py", "--data", str(photos), "-a", p.arch, "--image-size", str(p.image_size),
-               # CPU workers: half the epochs, enough for a steady rate to compare with
-               "-b", str(p.trainer_batch), "--epochs", str(p.trainer_epochs if gpu_decode else max(1, p.trainer_epochs // 2)),
+               "-b", str(p.trainer_batch), "--epochs", str(epochs),
                "--lr", "0.01", "--warmup-epochs", "1",
                "--mixed-precision", "bf16", *flags, "--keep-checkpoints", "1", "--print-freq", "25",
                "--output-dir", str(folder)]
@@ -183,7 +205,9 @@ def item_trainer(check: Check, photos: Path, gpu_decode: bool) -> dict:
     check.run(command, name)
     r = _results(folder)
     expected_val = sum(1 for _ in (photos / "val").rglob("*.jpg"))
-    return {"status": "measured", "command": "python " + " ".join(command).replace(str(check.out), "OUT"),
+    finite = math.isfinite(r["train_loss"]) and all(math.isfinite(h["train_loss"]) for h in r["history"])
+    return {"status": ("passed" if finite else "failed") if gpu_decode else "measured", "finite_loss": finite,
+            "command": "python " + " ".join(command).replace(str(check.out), "OUT"),
             "fps": r["fps"], "acc1": r["acc1"], "acc5": r["acc5"], "epochs": r["epochs"], "steps": r["steps"],
             "mixed_precision": r["mixed_precision"], "val_images": r["val_images"], "expected_val_images": expected_val,
             "bad_images": r["bad_images"], "wall_s": round(time.monotonic() - started, 1)}

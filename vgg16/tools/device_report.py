@@ -73,6 +73,7 @@ def _summary(item: dict) -> str:
         return item["reason"].replace("|", "/")
     if item["kind"] == "trainer":
         return (f"FPS {item['fps']:.1f}, Acc@1 {item['acc1']:.2f}, {item['steps']} steps in {item['wall_s']} s, "
+                f"loss {'finite' if item['finite_loss'] else 'NOT finite'} throughout, "
                 f"{item['val_images']}/{item['expected_val_images']} validation images counted, "
                 f"{item['bad_images']} unreadable; `{item['command']}`")
     if item["kind"] == "correctness" and item["name"].startswith("mid-epoch resume"):
