@@ -19,10 +19,10 @@ from torch import nn
 from . import checkpoint as ckpt
 from .card import model_card
 from .checkpoint import RunState
+from .compiling import compile_counts, compile_note
 from .config import TrainConfig
 from .data.inputs import Inputs
 from .ema import ModelEMA, ema_decay
-from .compiling import compile_counts, compile_note
 from .engine import (EpochPlan, Normalizer, StepLogger, StepOptions, Trainee, evaluate, normalised_batches,
                      train_one_epoch)
 from .finetune import Freezing

@@ -114,8 +114,7 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:
         raise UsageError(f"--device {cfg.device}, but this launch runs on {accelerator.device.type}: "
                          f"{DEVICE_HINTS[cfg.device]}")
     if cfg.compile and accelerator.device.type == "npu":
-        raise UsageError("--compile: torch.compile is not supported for NPU training: "
-                         "drop it")
+        raise UsageError("--compile: torch.compile is not supported for NPU training: drop it")
     if cfg.gpu_decode and accelerator.device.type != "cuda":
         raise UsageError(f"--gpu-decode uses nvJPEG on NVIDIA GPUs; this run is on {accelerator.device.type}: drop it")
     if cfg.loss_scale is not None and accelerator.mixed_precision != "fp16":

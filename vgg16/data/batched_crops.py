@@ -19,13 +19,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
 
 from .pipeline import seeded
+from .reduced import size_probe
 
 # Pixels (over the 3 channels, in float32) one roi_align may pad its group of images to: 1 GiB.
 GROUP_PIXELS = 2**28 // 3
-
-
-def _probe(height: int, width: int) -> torch.Tensor:
-    return torch.zeros((), dtype=torch.uint8).expand(3, height, width)
 
 
 _FLIP_PROBE = torch.tensor([[[0, 1]]], dtype=torch.uint8)
@@ -57,7 +54,7 @@ class BatchedCrops:
     def draw(self, height: int, width: int) -> tuple:
         """((x1, y1, x2, y2), flip) for one image, under the caller's `seeded(...)`."""
         if isinstance(self.first, v2.RandomResizedCrop):
-            p = self.first.make_params([_probe(height, width)])
+            p = self.first.make_params([size_probe(height, width)])
             flip = self.second is not None and bool(self.second(_FLIP_PROBE)[0, 0, 0] == 1)
             return (p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"]), flip
         new_h, new_w = _compute_resized_output_size((height, width), self.first.size)

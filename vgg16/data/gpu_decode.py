@@ -1,10 +1,13 @@
 """--gpu-decode: loader workers only read JPEG files; each batch is decoded on the GPU (nvJPEG, through
-torchvision's batched decode_jpeg) and cropped/resized there with the same per-sample seeded transforms as the CPU
-path. For a node of fast GPUs whose CPUs cannot decode ImageNet fast enough.
+torchvision's batched decode_jpeg) and cropped, resized and flipped there with the CPU path's seeded boxes and
+flips: the whole batch at once (batched_crops.py) for training's and validation's standard transforms, sample by
+sample with the CPU path's own transforms for the rest. For a node of fast GPUs whose CPUs cannot decode ImageNet
+fast enough.
 
-The tests run this exact path with device='cpu' (same functions, CPU decoder) and check it gives the CPU path's
-images bit for bit; nvJPEG rounds slightly differently from libjpeg. It pays where CPUs are few per GPU: with
-enough cores, decoding workers are faster (docs/performance.md, measured by `python -m vgg16.device_check`).
+The tests run this exact path with device='cpu' (same functions, CPU decoder): the same pictures as the CPU path
+(bit for bit where it goes sample by sample); nvJPEG rounds slightly differently from libjpeg. It pays where CPUs
+are few per GPU: with enough cores, decoding workers are faster (docs/performance.md, measured by
+`python -m vgg16.device_check`).
 """
 
 from __future__ import annotations

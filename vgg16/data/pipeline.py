@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ..config import default_val_resize
+from ..errors import UsageError
 from .images import BAD_IMAGE_ERRORS
 from .reduced import SizedDecoder
-from ..errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

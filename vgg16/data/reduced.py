@@ -46,7 +46,7 @@ def jpeg_size(data: bytes) -> tuple:
     return height, width
 
 
-def _size_probe(height: int, width: int) -> torch.Tensor:
+def size_probe(height: int, width: int) -> torch.Tensor:
     """A tensor of the image's shape holding one byte: what `make_params` needs to draw a box for that size."""
     return torch.zeros((), dtype=torch.uint8).expand(3, height, width)
 
@@ -100,7 +100,7 @@ class SizedDecoder:
             return decode_bytes(data), None
         height, width = jpeg_size(data)
         if isinstance(self.first, v2.RandomResizedCrop):
-            box = self.first.make_params([_size_probe(height, width)])
+            box = self.first.make_params([size_probe(height, width)])
             factor = reduction(box["height"], box["width"], *self.first.size)
         else:
             box, short = None, self.first.size[0]
