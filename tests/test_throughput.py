@@ -242,10 +242,15 @@ def test_device_check_quick_measures_or_explains_every_item(tmp_path):
     trainer = by_name["CPU workers, channels_last"]
     assert trainer["fps"] > 0 and trainer["val_images"] == trainer["expected_val_images"] == 20
     steps = [r for i in report["items"] if i["kind"] == "step" and i["status"] == "measured" for r in i["rows"]]
-    assert {r["setting"] for r in steps} == {"bf16", "bf16 + channels_last", "no"} and all(r["ratio"] > 0 for r in steps)
+    assert {r["setting"] for r in steps} == {"bf16", "bf16 + channels_last", "no", "bf16 + channels_last + compile "
+                                             "(default, aot_eager)"} and all(r["ratio"] > 0 for r in steps)
+    assert report["items"][1]["name"] == "bf16 + channels_last + compile (aot_eager)"  # the first measured item
+    decode = by_name["--gpu-decode: decode alone and with the transforms"]  # its plumbing, on the CPU decoder
+    assert [r["way"] for r in decode["rows"]] == ["CPU decoder decode alone", "CPU decoder decode + transforms"]
+    assert all(r["images_per_s"] > 0 for r in decode["rows"]) and "batched" in decode["images"]
     md = (out / "device_report.md").read_text()
     assert "| NAME | Acc@1 | FPS | Epochs | AMP_Type | Torch |" in md and "| 1p-" in md
-    assert md.count("skipped") >= 4  # fp16 step, compile, gpu decode trainer and pipeline row, fp16 check
+    assert md.count("skipped") >= 3  # fp16 step, gpu decode trainer and pipeline row, fp16 check
 
 
 def test_device_check_errors_are_one_line(tmp_path):

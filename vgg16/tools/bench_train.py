@@ -122,7 +122,8 @@ def bench_train(args) -> list:
     name = device_name(accelerator)
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name.replace(" ", "")), None)
     setting = accelerator.mixed_precision + (" + channels_last" if args.channels_last else "") + \
-        (f" + compile ({args.compile_mode})" if args.compile else "")
+        (f" + compile ({args.compile_mode}" + ("" if args.compile_backend == "inductor" else f", {args.compile_backend}")
+         + ")" if args.compile else "")
     results = []
     for batch_size in args.batch_size:
         what = f"training step, {args.arch} {args.image_size} px, batch {batch_size}, {setting}"
