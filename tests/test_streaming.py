@@ -195,3 +195,30 @@ def test_a_folder_of_images_is_not_a_stream_and_says_so(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "imgs", n_train=2, n_val=1)
     assert main(["--data", str(folder), "--streaming", "--output-dir", str(tmp_path / "o")]) == 2
     assert "--streaming reads parquet files" in capsys.readouterr().err
+
+
+def test_a_stream_of_large_jpegs_decodes_at_reduced_scale_and_gives_the_map_style_images(tmp_path):
+    """400x300 JPEGs in parquet, cropped to 64 px: the stream decodes most at reduced scale and each row's image is
+    the one the map-style path makes for that index (the same seed, the same header-drawn box)."""
+    from pathlib import Path
+
+    from vgg16.data.pipeline import AugmentedDataset, train_transform
+    from vgg16.data.sources import load_parquet_folder
+    from vgg16.tools.photos import folder_to_parquet, make_photo_folder
+
+    photos = make_photo_folder(tmp_path / "photos", n_train=4, n_val=1, size=(400, 300))
+    shards = folder_to_parquet(photos, tmp_path / "pq", shards=2)
+    split = load_parquet_source(str(shards)).train
+    transform = train_transform(image_size=64, small=False)
+    plan = StreamPlan(1, 0, 4, train_batches(split.num_rows, num_processes=1, batch_size=4), streams=1,
+                      shuffle_buffer=0, seed=3, train=True)
+    stream = ParquetStream(split, transform, plan, image_shape=(3, 64, 64))
+    stream.set_epoch(2)
+    batches = list(stream_loader(stream, workers=0, seed=0, pin_memory=False))
+    assert stream.decoder.reduced > 0
+    whole = AugmentedDataset(load_parquet_folder(Path(shards), seed=0).train, transform, seed=3)
+    whole.set_epoch(2)
+    for images, _, bad, rows in batches:
+        assert (bad == 0).all()
+        for image, row in zip(images, rows.tolist()):
+            assert torch.equal(image, whole[row][0]), row

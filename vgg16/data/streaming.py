@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .images import BAD_IMAGE_ERRORS, decode_image
+from .images import BAD_IMAGE_ERRORS
 from .pipeline import sample_seed, seeded, skip_unreadable
+from .reduced import SizedDecoder
 from ..errors import UsageError
 from .shards import ParquetSplit, open_parquet
 
@@ -170,6 +171,7 @@ class ParquetStream(IterableDataset):
     def __init__(self, split: ParquetSplit, transform, plan: StreamPlan, *, strict: bool = False,
                  image_shape: tuple = (3, 32, 32)):
         self.split, self.transform, self.plan, self.strict = split, transform, plan, strict
+        self.decoder = SizedDecoder(transform)
         self.image_shape = image_shape
         self._state = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._reported: set = set()
@@ -193,32 +195,36 @@ class ParquetStream(IterableDataset):
         for k in mine:
             yield self._batch(order.batch(k).tolist(), reader, epoch)
 
-    def _decode(self, rows: list, reader: _RowReader) -> list:
-        """(image or None, label) per row; None for an unreadable file, said once per worker."""
-        decoded = []
-        for row in rows:
-            raw, label = reader.take(row)
+    def _sample(self, raw: dict, row: int, epoch: int) -> tuple:
+        """(image, None), or (None, the error) for a file that cannot be decoded. Decoded and transformed under
+        the row's seed, both: a large JPEG's crop is drawn from its header before it is decoded (reduced.py)."""
+        with seeded(sample_seed(self.plan.seed, epoch, row)):
             try:
-                decoded.append((decode_image(raw), label))
+                decoded = self.decoder.decode(raw)
             except BAD_IMAGE_ERRORS as e:
-                skip_unreadable(raw.get("path") or reader.where(row), e, strict=self.strict, reported=self._reported)
-                decoded.append((None, label))
-        return decoded
+                return None, e
+            return self.decoder.finish(decoded), None
 
     def _batch(self, rows: list, reader: _RowReader, epoch: int) -> tuple:
-        decoded = self._decode(rows, reader)
-        readable = [i for i, (image, _) in enumerate(decoded) if image is not None]
+        taken = [reader.take(row) for row in rows]  # (raw, label) per row
+        images: list = []
+        for row, (raw, _) in zip(rows, taken):
+            image, error = self._sample(raw, row, epoch)
+            if error is not None:  # said once per worker
+                skip_unreadable(raw.get("path") or reader.where(row), error, strict=self.strict, reported=self._reported)
+            images.append(image)
+        readable = [i for i, image in enumerate(images) if image is not None]
         if rows and not readable:
             raise UsageError(f"all {len(rows)} images of a batch are unreadable ({reader.where(rows[0])} ...): is the "
                              "data intact? (python -m vgg16.check_data --data ... lists them)")
-        images, labels, bad = [], [], []
+        labels, bad = [], []
         for i, row in enumerate(rows):
             # An unreadable image is replaced by the next readable one of the same batch, with its own seed, as
             # AugmentedDataset replaces it by the next index: the batch keeps its size, the flag counts it.
-            source = i if decoded[i][0] is not None else next((j for j in readable if j > i), readable[0])
-            with seeded(sample_seed(self.plan.seed, epoch, row)):
-                images.append(self.transform(decoded[source][0]))
-            labels.append(decoded[source][1])
+            source = i if images[i] is not None else next((j for j in readable if j > i), readable[0])
+            if source != i:
+                images[i] = self._sample(taken[source][0], row, epoch)[0]
+            labels.append(taken[source][1])
             bad.append(0 if source == i else 1)
         pad = self.plan.batch_size - len(rows) if not self.plan.train else 0
         if pad:
