@@ -32,10 +32,15 @@ def normalise_inside(model: nn.Module, normalize) -> None:
     normalize.in_model = True
 
 
+def compile_options(backend: str = "inductor", mode: str = "default") -> dict:
+    """torch.compile's arguments for --compile-backend and --compile-mode ("default" is mode None)."""
+    return {"backend": backend, "mode": None if mode == "default" else mode}
+
+
 def compile_in_place(model: nn.Module, normalize, *, backend: str = "inductor", mode: str = "default") -> None:
     """Normalisation into the model (normalise_inside), then `model.compile(...)`; before `accelerator.prepare`."""
     normalise_inside(model, normalize)
-    model.compile(backend=backend, mode=None if mode == "default" else mode)
+    model.compile(**compile_options(backend, mode))
 
 
 def compile_counts() -> dict:

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
 
 from .pipeline import seeded
-from .reduced import size_probe
+from .reduced import resizes_short_side, size_probe
 
 # Pixels (over the 3 channels, in float32) one roi_align may pad its group of images to: 1 GiB.
 GROUP_PIXELS = 2**28 // 3
@@ -46,8 +46,7 @@ class BatchedCrops:
         if isinstance(steps[0], v2.RandomResizedCrop) and (
                 len(steps) == 1 or (len(steps) == 2 and isinstance(steps[1], v2.RandomHorizontalFlip))):
             return cls(steps[0], steps[1] if len(steps) == 2 else None)
-        if (len(steps) == 2 and isinstance(steps[0], v2.Resize) and len(steps[0].size) == 1
-                and steps[0].max_size is None and isinstance(steps[1], v2.CenterCrop)):
+        if len(steps) == 2 and resizes_short_side(steps[0]) and isinstance(steps[1], v2.CenterCrop):
             return cls(steps[0], steps[1])
         return None
 
@@ -82,15 +81,13 @@ class BatchedCrops:
         order = sorted(range(len(images)), key=lambda k: images[k].shape[-2] * images[k].shape[-1])
         start = 0
         while start < len(order):
-            end = start + 1
-            while end < len(order):
-                h = max(images[k].shape[-2] for k in order[start:end + 1])
-                w = max(images[k].shape[-1] for k in order[start:end + 1])
-                if h * w * (end + 1 - start) > GROUP_PIXELS:
+            (h, w), end = images[order[start]].shape[-2:], start + 1
+            while end < len(order):  # grow the group while its padded size stays within GROUP_PIXELS
+                grown_h, grown_w = max(h, images[order[end]].shape[-2]), max(w, images[order[end]].shape[-1])
+                if grown_h * grown_w * (end + 1 - start) > GROUP_PIXELS:
                     break
-                end += 1
+                h, w, end = grown_h, grown_w, end + 1
             group = order[start:end]
-            h, w = max(images[k].shape[-2] for k in group), max(images[k].shape[-1] for k in group)
             padded = torch.zeros((len(group), 3, h, w), dtype=torch.float32, device=device)
             for row, k in enumerate(group):
                 ih, iw = images[k].shape[-2:]

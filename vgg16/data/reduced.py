@@ -46,6 +46,11 @@ def jpeg_size(data: bytes) -> tuple:
     return height, width
 
 
+def resizes_short_side(step) -> bool:
+    """A v2.Resize to one size for the short side (the output's size follows from the image's alone)."""
+    return isinstance(step, v2.Resize) and len(step.size) == 1 and step.max_size is None
+
+
 def size_probe(height: int, width: int) -> torch.Tensor:
     """A tensor of the image's shape holding one byte: what `make_params` needs to draw a box for that size."""
     return torch.zeros((), dtype=torch.uint8).expand(3, height, width)
@@ -85,8 +90,7 @@ class SizedDecoder:
     def __init__(self, transform: v2.Compose):
         steps = list(getattr(transform, "transforms", []))
         first = steps[0] if steps else None
-        sized = isinstance(first, v2.RandomResizedCrop) or (
-            isinstance(first, v2.Resize) and len(first.size) == 1 and first.max_size is None)
+        sized = isinstance(first, v2.RandomResizedCrop) or resizes_short_side(first)
         self.transform = transform
         self.first: Optional[v2.Transform] = first if sized else None
         self.rest = v2.Compose(steps[1:]) if sized else transform

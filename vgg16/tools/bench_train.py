@@ -39,7 +39,7 @@ def bench_train(args) -> list:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from ..compiling import compile_in_place
+    from ..compiling import compile_in_place, compile_options
     from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, SyntheticImages
     from ..engine import EpochPlan, Normalizer, StepLogger, Trainee, normalised_batches, train_one_epoch
     from ..launch import dataloader_configuration, device_name, synchronize
@@ -52,7 +52,6 @@ def bench_train(args) -> list:
     # waits for the queued step.
     accelerator = Accelerator(mixed_precision=args.mixed_precision, dataloader_config=dataloader_configuration())
     device = accelerator.device
-    compile_kwargs = dict(backend=args.compile_backend, mode=None if args.compile_mode == "default" else args.compile_mode)
     torch.backends.cudnn.benchmark = True  # as the trainer sets it (without --deterministic); both sides get it
     sync = lambda: synchronize(device)  # noqa: E731
     head = head_for(args.image_size)
@@ -97,7 +96,7 @@ def bench_train(args) -> list:
         """The loop a user writes without us: float batches already normalised on the device, torch's SGD."""
         model = fresh_model().to(device)
         if args.compile:
-            model = torch.compile(model, **compile_kwargs)
+            model = torch.compile(model, **compile_options(args.compile_backend, args.compile_mode))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         x = torch.randn(batch_size, 3, args.image_size, args.image_size, device=device).contiguous(
             memory_format=memory_format)
