@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from .images import decode_bytes, is_jpeg, read_bytes, to_rgb
+from .region_decode import region_decoder
 
 SCALES = (8, 4, 2)
 
@@ -70,12 +71,21 @@ def decode_reduced(data: bytes, factor: int) -> torch.Tensor:
     return F.pil_to_tensor(to_rgb(image))
 
 
-def _scaled_box(box: dict, full: tuple, image: torch.Tensor) -> dict:
-    """A box on the full (height, width) in the pixels of the reduced `image`, inside it."""
-    sy, sx = image.shape[-2] / full[0], image.shape[-1] / full[1]
-    top, left = min(round(box["top"] * sy), image.shape[-2] - 1), min(round(box["left"] * sx), image.shape[-1] - 1)
-    return {"top": top, "left": left, "height": max(1, min(round(box["height"] * sy), image.shape[-2] - top)),
-            "width": max(1, min(round(box["width"] * sx), image.shape[-1] - left))}
+def scaled_size(height: int, width: int, factor: int) -> tuple:
+    """The size libjpeg (and PIL's draft) decodes a (height, width) image to at 1/factor: rounded up."""
+    return -(-height // factor), -(-width // factor)
+
+
+def _scaled_box(box: dict, full: tuple, scaled: tuple) -> dict:
+    """A box on the full (height, width) in the pixels of the image at the `scaled` (height, width), inside it."""
+    sy, sx = scaled[0] / full[0], scaled[1] / full[1]
+    top, left = min(round(box["top"] * sy), scaled[0] - 1), min(round(box["left"] * sx), scaled[1] - 1)
+    return {"top": top, "left": left, "height": max(1, min(round(box["height"] * sy), scaled[0] - top)),
+            "width": max(1, min(round(box["width"] * sx), scaled[1] - left))}
+
+
+def _whole(image: torch.Tensor) -> dict:
+    return {"top": 0, "left": 0, "height": image.shape[-2], "width": image.shape[-1]}
 
 
 class SizedDecoder:
@@ -84,7 +94,8 @@ class SizedDecoder:
     `decode(raw)` may raise what a bad file raises (the caller replaces the sample); `finish(decoded)` runs the
     transforms. Both within the sample's `seeded(...)`. A transform whose first step is not a RandomResizedCrop or
     a Resize to a short side (the small-image preset's Resize counts), or a file that is not JPEG, is decoded in
-    full and transformed as it is.
+    full and transformed as it is. Where region_decode.py's decoder is built, a training crop is decoded alone
+    (the same pixels as the crop of the full decode, and those of the reduced one at reduced scale).
     """
 
     def __init__(self, transform: v2.Compose):
@@ -96,6 +107,11 @@ class SizedDecoder:
         self.rest = v2.Compose(steps[1:]) if sized else transform
         self.reduced = 0
         """Samples decoded at reduced scale by this process (or worker), for tests and benchmarks."""
+        self.regions = 0
+        """Samples decoded by region_decode.py's decoder (a training crop alone, or a whole image at reduced
+        scale) in this process (or worker)."""
+        if self.first is not None:
+            region_decoder()  # built and checked here, before DataLoader workers fork, not once in each of them
 
     def decode(self, raw: dict) -> tuple:
         """(image, crop box or None)."""
@@ -109,15 +125,32 @@ class SizedDecoder:
         else:
             box, short = None, self.first.size[0]
             factor = reduction(min(height, width), min(height, width), short, short)
+        scaled = scaled_size(height, width, factor)
+        if box is not None and factor > 1:
+            box = _scaled_box(box, (height, width), scaled)
+        # Not a whole image at full scale: that decodes no faster here than through torchvision.
+        decoder = region_decoder() if box is not None or factor > 1 else None
+        if decoder is not None:
+            region = box or {"top": 0, "left": 0, "height": scaled[0], "width": scaled[1]}
+            crop = decoder.decode(data, region["top"], region["left"], region["height"], region["width"],
+                                  scale=factor, scaled_width=scaled[1])
+            if crop is not None:  # else libjpeg warned or failed: the usual path reports or repairs the file
+                self.regions += 1
+                self.reduced += factor > 1
+                return crop, (_whole(crop) if box is not None else None)
         if factor == 1:
             return decode_bytes(data), box
         self.reduced += 1
-        image = decode_reduced(data, factor)
-        return image, (_scaled_box(box, (height, width), image) if box is not None else None)
+        return decode_reduced(data, factor), box
 
     def finish(self, decoded: tuple):
         image, box = decoded
         if self.first is None:
             return self.transform(image)
+        if box is not None and box != _whole(image):
+            # The crop copied into one channels-last block: torch's antialiased uint8 resize runs about twice as
+            # fast on that layout (the same pixels), and a crop of a decoded image is not one.
+            image = F.crop(image, **box).permute(1, 2, 0).contiguous().permute(2, 0, 1)
+            box = _whole(image)
         image = self.first(image) if box is None else self.first.transform(image, box)
         return self.rest(image)
