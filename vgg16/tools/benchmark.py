@@ -47,6 +47,7 @@ def bench_data(args) -> dict:
     from torchvision import transforms as T
 
     from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, eval_transform, train_transform
+    from ..data.region_decode import region_decoder_status
     from ..data.sources import load_source
 
     source = load_source(args.data, seed=0)
@@ -83,7 +84,7 @@ def bench_data(args) -> dict:
                     + (f", --gpu-decode on {args.device}" if args.gpu_decode else "") + ")", "images_per_s": ours, **gpu,
             "baseline_images_per_s": ref, "ratio": ours / ref, "workers": args.workers,
             "batch_size": args.batch_size, "images": len(ours_set), "baseline": "torchvision ImageFolder + PIL + "
-            "ToTensor + Normalize"}
+            "ToTensor + Normalize", "region_decode": region_decoder_status()}
 
 
 def _time_gpu_decode(dataset, args) -> dict:
@@ -226,6 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   + (f"; with the stop check {result['with_stop_check_images_per_s']:.1f} images/s (ratio "
                      f"{result['stop_check_ratio']:.3f}), the check alone {result['stop_check_us']:.0f} us = "
                      f"{100 * result['stop_check_share_of_step']:.3f}% of a step" if "stop_check_us" in result else "")
+                  + (f"; region decoder {result['region_decode']}" if "region_decode" in result else "")
                   + (f"; decode alone {result['decode_only_images_per_s']:.1f} images/s, decode + transforms "
                      f"{result['decode_and_transforms_images_per_s']:.1f}" if "decode_only_images_per_s" in result else "")
                   + (f"; the whole load took {result['whole_load_s']:.1f} s and {result['arrow_copy_bytes'] / 1e9:.2f} GB "
