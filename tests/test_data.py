@@ -48,6 +48,22 @@ def test_batches_do_not_depend_on_worker_count(image_folder):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
 
 
+def test_a_batch_fetched_at_once_is_the_samples_fetched_one_by_one(image_folder):
+    bad = sorted((image_folder / "train").rglob("*.*"))[2]
+    bad.write_bytes(b"\xff\xd8\xff not a JPEG")
+    train, _ = _sets(image_folder, size=48, small=False)
+    train.set_epoch(2)
+    n = len(train)
+    # Repeated copies (index + n) and the unreadable row among them, out of order as a shuffled batch is.
+    indices = [5, 2, n + 2, 0, n + 5, 1]
+    batched = train.__getitems__(indices)
+    singly = [train[i] for i in indices]
+    assert [(y, b) for _, y, b in batched] == [(y, b) for _, y, b in singly] and batched[1][2] == 1
+    for (xb, _, _), (xs, _, _) in zip(batched, singly):
+        assert torch.equal(xb, xs)
+    assert not torch.equal(batched[0][0], batched[4][0])  # a repeated copy draws its own crop
+
+
 def test_epoch_reaches_persistent_workers(image_folder):
     train, _ = _sets(image_folder)
     # The unshuffled loader: batches differ between epochs only through augmentation.

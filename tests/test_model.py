@@ -77,3 +77,17 @@ def test_a_model_compiled_in_place_normalises_uint8_itself_and_its_ema_copy_runs
         for p in twin.parameters():
             p.mul_(0.5)
         assert not torch.allclose(twin(images), model(images))  # the copy runs its halved weights, not the original's compiled call
+
+
+def test_the_normaliser_gives_the_model_its_layout_whatever_the_batch_layout():
+    from vgg16.data.pipeline import stack_images
+    from vgg16.engine import Normalizer
+
+    images = [torch.randint(0, 256, (3, 9, 7), dtype=torch.uint8) for _ in range(3)]
+    batch = stack_images([image.permute(1, 2, 0).contiguous().permute(2, 0, 1) for image in images])
+    assert batch.is_contiguous(memory_format=torch.channels_last) and torch.equal(batch, torch.stack(images))
+    for channels_last, layout in ((False, torch.contiguous_format), (True, torch.channels_last)):
+        normalize = Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "cpu", channels_last=channels_last)
+        out = normalize(batch)
+        assert out.is_contiguous(memory_format=layout) and out.dtype == torch.float32
+        assert torch.equal(out, normalize(torch.stack(images)))  # the values do not depend on the batch's layout

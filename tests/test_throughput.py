@@ -186,9 +186,13 @@ def test_host_feed_is_the_dataset_itself(image_folder):
     train = AugmentedDataset(load_source(str(image_folder), seed=0).train, train_transform(image_size=32, small=False), 0)
     decoding = decoding_for(False, "cpu")
     feed = decoding.feed(train)
-    batch = torch.utils.data.default_collate([train[0], train[1]])
-    assert feed.dataset is train and decoding.loader_on_device and decoding.collate_fn is None
+    samples = [train[0], train[1]]
+    batch = decoding.collate_fn(samples)
+    assert feed.dataset is train and decoding.loader_on_device
     assert all(torch.equal(a, b) for a, b in zip(feed.prepare(batch), batch))
+    # The trainer's collate: default_collate's values, the images laid out channels-last (rows copied whole).
+    assert all(torch.equal(a, b) for a, b in zip(batch, torch.utils.data.default_collate(samples)))
+    assert batch[0].shape == (2, 3, 32, 32) and batch[0].is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("layout", ["jpeg-only", "mixed-formats", "with-a-truncated-jpeg"])

@@ -21,7 +21,7 @@ from .mixing import BatchMixer
 
 
 class Normalizer:
-    """uint8 NCHW on the device -> normalised float, optionally channels_last.
+    """uint8 NCHW images on the device (any memory layout) -> normalised float, contiguous or channels_last.
 
     Called on the batches, or, once `in_model` (compiling.normalise_inside: --compile), by the model itself on its
     input, so calling it on a batch then passes the batch through as it is."""
@@ -33,7 +33,9 @@ class Normalizer:
         self.in_model = False
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
+        # The layout first, on uint8 (a quarter of the bytes of the floats): the loaders' batches are channels-last
+        # in memory (pipeline.stack_images), the model's input need not be.
+        x = (images.contiguous(memory_format=self.memory_format).float() - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from datasets.arrow_writer import ParquetWriter
 from torch.utils.data import DataLoader, Dataset
 
 from .config import default_val_resize
-from .data.pipeline import AugmentedDataset, eval_transform
+from .data.pipeline import AugmentedDataset, collate_samples, eval_transform
 from .engine import Normalizer
 from .errors import UsageError, one_line
 from .launch import default_workers
@@ -53,6 +53,9 @@ class _WithRow(Dataset):
 
     def __getitem__(self, index: int):
         return (*self.dataset[index], index)
+
+    def __getitems__(self, indices: list) -> list:
+        return [(*sample, index) for sample, index in zip(self.dataset.__getitems__(indices), indices)]
 
 
 def _model(weights: Weights, layer: str) -> torch.nn.Module:
@@ -78,7 +81,7 @@ def extract(accelerator: Accelerator, model, split, class_names: list, out: Path
             batch_size: int, workers: int, desc: str) -> int:
     """Write `split`'s features to `out` (main process); return the rows written."""
     transform = eval_transform(resize_size=sizes[1], crop_size=sizes[2])
-    loader = DataLoader(_WithRow(AugmentedDataset(split, transform, seed=0)), batch_size=batch_size,
+    loader = DataLoader(_WithRow(AugmentedDataset(split, transform, seed=0)), batch_size=batch_size, collate_fn=collate_samples,
                         num_workers=workers, pin_memory=accelerator.device.type != "cpu")
     loader = accelerator.prepare_data_loader(loader)
     normalize = Normalizer(mean, std, accelerator.device)

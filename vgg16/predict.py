@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from .data.images import BAD_IMAGE_ERRORS, decode_image
-from .data.pipeline import eval_sizes, eval_transform
+from .data.pipeline import eval_sizes, eval_transform, stack_images
 from .engine import Normalizer
 from .errors import UsageError, one_line
 from .hub import from_pretrained
@@ -30,7 +30,7 @@ def predict(model: torch.nn.Module, config: dict, images: list, k: int = 5,
     resize, crop = eval_sizes(config)
     transform = eval_transform(resize_size=resize, crop_size=crop, interpolation=config.get("interpolation", "bilinear"))
     normalize = Normalizer(config["mean"], config["std"], device=device)  # the same step training used
-    batch = torch.stack([transform(im) for im in images]).to(device)
+    batch = stack_images([transform(im) for im in images]).to(device)
     probs = model(normalize(batch)).float().softmax(dim=1)
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     names = config["class_names"]

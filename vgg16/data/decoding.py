@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import Dataset
 
-from .pipeline import AugmentedDataset
+from .pipeline import AugmentedDataset, collate_samples
 from .gpu_decode import BatchDecoder, EncodedImages, collate_encoded
 
 
@@ -50,7 +50,7 @@ def _as_is(split: Dataset) -> Callable[[tuple], tuple]:
 
 
 # Loader workers decode and augment; Accelerate's prepared loader moves uint8 batches to the device.
-HOST = Decoding("cpu workers", _unchanged, _as_is)
+HOST = Decoding("cpu workers", _unchanged, _as_is, collate_fn=collate_samples)
 
 
 def device_decoding(device: torch.device | str) -> Decoding:

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .images import BAD_IMAGE_ERRORS
-from .pipeline import sample_seed, seeded, skip_unreadable
+from .pipeline import sample_seed, seeded, skip_unreadable, stack_images
 from .reduced import SizedDecoder
 from ..errors import UsageError
 from .shards import ParquetSplit, open_parquet
@@ -231,7 +231,7 @@ class ParquetStream(IterableDataset):
             images.extend([torch.zeros(self.image_shape, dtype=torch.uint8)] * pad)
             labels.extend([0] * pad)
             bad.extend([PAD] * pad)
-        return (torch.stack(images), torch.tensor(labels, dtype=torch.int64), torch.tensor(bad, dtype=torch.int64),
+        return (stack_images(images), torch.tensor(labels, dtype=torch.int64), torch.tensor(bad, dtype=torch.int64),
                 torch.tensor(rows + [PAD] * pad, dtype=torch.int64))
 
 

@@ -46,7 +46,8 @@ def bench_data(args) -> dict:
     from torchvision import datasets as tv_datasets
     from torchvision import transforms as T
 
-    from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, eval_transform, train_transform
+    from ..data.pipeline import (IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, collate_samples, eval_transform,
+                                 train_transform)
     from ..data.region_decode import region_decoder_status
     from ..data.sources import load_source
 
@@ -64,8 +65,9 @@ def bench_data(args) -> dict:
         raise SystemExit(f"error: {folder} has {len(ours_set)} images; --steps {args.steps} x --batch-size "
                          f"{args.batch_size} needs {need}")
 
-    def loader(ds):
+    def loader(ds):  # ours with the trainer's collate (channels-last uint8 batches), the baseline with its own
         return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                           collate_fn=collate_samples if ds is ours_set else None,
                                            drop_last=True, generator=torch.Generator().manual_seed(0),
                                            persistent_workers=False, prefetch_factor=4 if args.workers else None)
 
