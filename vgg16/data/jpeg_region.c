@@ -34,11 +34,16 @@ static void on_message(j_common_ptr cinfo, int level) {
 
 int vgg16_jpeg_version(void) { return LIBJPEG_TURBO_VERSION_NUMBER; }
 
+/* Rows read per jpeg_read_scanlines call: one at a time pays libjpeg-turbo's per-call set-up on every row
+ * (docs/performance.md has what it cost); an iMCU row of 4:2:0 is 16 rows. */
+#define ROWS_PER_READ 16
+
 /* RGB rows [top, top + height) and columns [left, left + width) of the image decoded at 1/denom scale, written to
- * out (height * width * 3 bytes); row is scratch of row_bytes (at least 3 bytes per pixel of the scaled width).
- * Returns 0 on success, 1 where libjpeg failed or warned, 2 for a rectangle outside the image or a short row. */
+ * out (height * width * 3 bytes); scratch holds scratch_bytes, at least ROWS_PER_READ rows of 3 bytes per pixel
+ * of the scaled width. Returns 0 on success, 1 where libjpeg failed or warned, 2 for a rectangle outside the image
+ * or scratch too small. */
 int vgg16_jpeg_region(const unsigned char *data, unsigned long size, int denom, int top, int left, int height,
-                      int width, int margin, unsigned char *row, unsigned long row_bytes, unsigned char *out) {
+                      int width, int margin, unsigned char *scratch, unsigned long scratch_bytes, unsigned char *out) {
   struct jpeg_decompress_struct cinfo;
   struct error_state err;
   int status = 0;
@@ -59,7 +64,7 @@ int vgg16_jpeg_region(const unsigned char *data, unsigned long size, int denom, 
   jpeg_start_decompress(&cinfo);
   int full_width = (int)cinfo.output_width, full_height = (int)cinfo.output_height;
   if (top < 0 || left < 0 || height < 1 || width < 1 || top + height > full_height || left + width > full_width ||
-      (unsigned long)full_width * 3 > row_bytes) {
+      (unsigned long)full_width * 3 * ROWS_PER_READ > scratch_bytes) {
     status = 2;
   } else {
     int x0 = left > margin ? left - margin : 0;
@@ -68,12 +73,18 @@ int vgg16_jpeg_region(const unsigned char *data, unsigned long size, int denom, 
     JDIMENSION x = (JDIMENSION)x0, w = (JDIMENSION)(x1 - x0);
     if (x0 > 0 || x1 < full_width) jpeg_crop_scanline(&cinfo, &x, &w); /* x moves left to an iMCU boundary */
     if (y0 > 0) jpeg_skip_scanlines(&cinfo, (JDIMENSION)y0);
-    for (int y = y0; y < top + height; y++) {
-      jpeg_read_scanlines(&cinfo, &row, 1);
-      if (y >= top)
-        memcpy(out + (size_t)(y - top) * width * 3, row + (size_t)(left - (int)x) * 3, (size_t)width * 3);
+    JSAMPROW rows[ROWS_PER_READ];
+    for (int i = 0; i < ROWS_PER_READ; i++) rows[i] = scratch + (size_t)i * w * 3;
+    int y = y0;
+    while (y < top + height) {
+      int want = top + height - y < ROWS_PER_READ ? top + height - y : ROWS_PER_READ;
+      int got = (int)jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)want);
+      if (got == 0) break; /* cannot happen with a memory source; guards the loop */
+      for (int i = 0; i < got; i++, y++)
+        if (y >= top) memcpy(out + (size_t)(y - top) * width * 3, rows[i] + (size_t)(left - (int)x) * 3,
+                             (size_t)width * 3);
     }
-    status = err.warned ? 1 : 0;
+    status = err.warned || y < top + height ? 1 : 0;
   }
   jpeg_abort_decompress(&cinfo); /* the rows below the rectangle are never decoded */
   jpeg_destroy_decompress(&cinfo);

@@ -28,6 +28,8 @@ import torch
 SOURCE = Path(__file__).with_name("jpeg_region.c")
 MARGIN = 16
 """Pixels decoded beyond the rectangle above, left and right (jpeg_region.c says why); one iMCU of 4:2:0."""
+ROWS_PER_READ = 16
+"""jpeg_region.c's rows per read: its scratch holds that many rows."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,9 @@ class RegionDecoder:
         is fastest on it); None where libjpeg failed or warned, so that the caller decodes the file as usual."""
         data = data if isinstance(data, bytes) else bytes(data)  # ctypes passes bytes as they are
         out = torch.empty((height, width, 3), dtype=torch.uint8)
-        row = torch.empty(scaled_width * 3, dtype=torch.uint8)
+        scratch = torch.empty(scaled_width * 3 * ROWS_PER_READ, dtype=torch.uint8)
         status = self.library.vgg16_jpeg_region(data, len(data), scale, top, left, height, width, MARGIN,
-                                                row.data_ptr(), row.numel(), out.data_ptr())
+                                                scratch.data_ptr(), scratch.numel(), out.data_ptr())
         if status == 1:
             return None
         if status:
