@@ -81,8 +81,8 @@ def extract(accelerator: Accelerator, model, split, class_names: list, out: Path
             batch_size: int, workers: int, desc: str) -> int:
     """Write `split`'s features to `out` (main process); return the rows written."""
     transform = eval_transform(resize_size=sizes[1], crop_size=sizes[2])
-    loader = DataLoader(_WithRow(AugmentedDataset(split, transform, seed=0)), batch_size=batch_size, collate_fn=collate_samples,
-                        num_workers=workers, pin_memory=accelerator.device.type != "cpu")
+    loader = DataLoader(_WithRow(AugmentedDataset(split, transform, seed=0)), batch_size=batch_size,
+                        collate_fn=collate_samples, num_workers=workers, pin_memory=accelerator.device.type != "cpu")
     loader = accelerator.prepare_data_loader(loader)
     normalize = Normalizer(mean, std, accelerator.device)
     paths = _paths(split) if accelerator.is_main_process else None

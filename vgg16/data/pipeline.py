@@ -151,9 +151,8 @@ class AugmentedDataset(Dataset):
         return self._sample(index, self.data[index % len(self.data)])
 
     def __getitems__(self, indices: list) -> list:
-        """A DataLoader batch: its rows read from Arrow in one `take` rather than one `datasets` row at a time
-        (that per-row formatting is a tenth of a 500x375 JPEG's decode-and-augment time); each sample as
-        `__getitem__` gives it."""
+        """A DataLoader batch: its rows read from Arrow in one `take` rather than formatted by `datasets` one
+        row at a time (docs/performance.md); each sample as `__getitem__` gives it."""
         rows = self.data[[index % len(self.data) for index in indices]]
         return [self._sample(index, {"image": image, "label": label})
                 for index, image, label in zip(indices, rows["image"], rows["label"])]
@@ -239,9 +238,9 @@ class RepeatedAugmentation(torch.utils.data.Sampler):
 # ---------------------------------------------------------------- loaders
 def stack_images(images: list) -> torch.Tensor:
     """uint8 CHW images as one (B, 3, H, W) batch laid out channels-last in memory. The JPEG decoders and torch's
-    antialiased resize leave each image channels-last, so this is a copy of whole rows; stacking them into the
-    NCHW layout is a byte-by-byte transpose that costs a worker a tenth of a 500x375 JPEG's decode-and-augment
-    time. The device's `engine.Normalizer` gives the model the layout it asks for."""
+    antialiased resize leave each image channels-last, so this is a copy of whole rows, where stacking them into
+    the NCHW layout is a byte-by-byte transpose (docs/performance.md). The device's `engine.Normalizer` gives the
+    model the layout it asks for."""
     return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
