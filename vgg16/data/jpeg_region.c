@@ -38,6 +38,8 @@ int vgg16_jpeg_version(void) { return LIBJPEG_TURBO_VERSION_NUMBER; }
  * (docs/performance.md has what it cost); an iMCU row of 4:2:0 is 16 rows. */
 #define ROWS_PER_READ 16
 
+int vgg16_jpeg_rows_per_read(void) { return ROWS_PER_READ; } /* how much scratch the caller allocates */
+
 /* RGB rows [top, top + height) and columns [left, left + width) of the image decoded at 1/denom scale, written to
  * out (height * width * 3 bytes); scratch holds scratch_bytes, at least ROWS_PER_READ rows of 3 bytes per pixel
  * of the scaled width. Returns 0 on success, 1 where libjpeg failed or warned, 2 for a rectangle outside the image

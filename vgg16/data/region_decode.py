@@ -28,14 +28,14 @@ import torch
 SOURCE = Path(__file__).with_name("jpeg_region.c")
 MARGIN = 16
 """Pixels decoded beyond the rectangle above, left and right (jpeg_region.c says why); one iMCU of 4:2:0."""
-ROWS_PER_READ = 16
-"""jpeg_region.c's rows per read: its scratch holds that many rows."""
 
 
 @dataclass(frozen=True)
 class RegionDecoder:
     library: ctypes.CDLL
     version: str
+    rows_per_read: int
+    """jpeg_region.c's rows per libjpeg read: the scratch holds that many rows of the scaled width."""
 
     def decode(self, data: bytes, top: int, left: int, height: int, width: int, *, scale: int,
                scaled_width: int) -> Optional[torch.Tensor]:
@@ -44,7 +44,7 @@ class RegionDecoder:
         is fastest on it); None where libjpeg failed or warned, so that the caller decodes the file as usual."""
         data = data if isinstance(data, bytes) else bytes(data)  # ctypes passes bytes as they are
         out = torch.empty((height, width, 3), dtype=torch.uint8)
-        scratch = torch.empty(scaled_width * 3 * ROWS_PER_READ, dtype=torch.uint8)
+        scratch = torch.empty(scaled_width * 3 * self.rows_per_read, dtype=torch.uint8)
         status = self.library.vgg16_jpeg_region(data, len(data), scale, top, left, height, width, MARGIN,
                                                 scratch.data_ptr(), scratch.numel(), out.data_ptr())
         if status == 1:
@@ -119,7 +119,7 @@ def _load() -> tuple:
     number_version = library.vgg16_jpeg_version()
     version = (f"libjpeg-turbo {number_version // 1000000}.{number_version // 1000 % 1000}.{number_version % 1000}"
                if number_version else "libjpeg-turbo")
-    decoder = RegionDecoder(library, version)
+    decoder = RegionDecoder(library, version, library.vgg16_jpeg_rows_per_read())
     if not _matches_torchvision(decoder):
         return None, f"off: the system's {version} decodes other pixels than torchvision's decoder"
     return decoder, f"on ({version})"
