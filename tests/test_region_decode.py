@@ -56,6 +56,11 @@ def test_a_region_is_the_crop_of_the_full_decode_for_every_kind_of_jpeg(decoder,
         full = _full(data)
         height, width = full.shape[-2:]
         boxes = [(0, 0, height, width), (height - 1, width - 1, 1, 1), (0, width - 40, 40, 40)]
+        # MARGIN past the iMCU grid (16 px) on each side: where a too small margin shows (a decode started on the
+        # grid replicates its first chroma sample), and the bottom and right edges just inside a grid line.
+        grid = 16 + region_decode.MARGIN
+        boxes += [(grid, grid, 16 - 2 * region_decode.MARGIN, 16 - 2 * region_decode.MARGIN),
+                  (grid, 2 * grid, 32, 31), (2 * grid, grid, 31, 32)]
         for _ in range(12):  # anywhere, off the iMCU grid
             top, left = (int(torch.randint(0, n - 8, (1,), generator=generator)) for n in (height, width))
             boxes.append((top, left, int(torch.randint(1, height - top, (1,), generator=generator)) + 1,
@@ -71,6 +76,9 @@ def test_a_region_is_the_crop_of_the_full_decode_for_every_kind_of_jpeg(decoder,
             crop = decoder.decode(data, 3, 5, whole.shape[-2] - 3, whole.shape[-1] - 9, scale=factor,
                                   scaled_width=whole.shape[-1])
             assert torch.equal(crop, whole[:, 3:, 5:-4]), (name, factor)
+            top = left = 2 * (16 // factor) + region_decode.MARGIN  # past the grid of iMCUs scaled by 1/factor
+            crop = decoder.decode(data, top, left, 9, 11, scale=factor, scaled_width=whole.shape[-1])
+            assert torch.equal(crop, whole[:, top:top + 9, left:left + 11]), (name, factor, "on the grid")
 
 
 def test_a_file_libjpeg_cannot_decode_cleanly_is_left_to_the_usual_path(decoder, photos):
