@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +30,10 @@ BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 
 def read_bytes(raw: dict) -> bytes:
     """The encoded file of a datasets.Image value stored undecoded: its bytes, or the file at its path."""
-    return raw["bytes"] if raw.get("bytes") else Path(raw["path"]).read_bytes()
+    if raw.get("bytes"):
+        return raw["bytes"]
+    with open(raw["path"], "rb") as file:  # not pathlib: its path parsing cost a fiftieth of a training sample
+        return file.read()
 
 
 def decode_image(raw: dict):
