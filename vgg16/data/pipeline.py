@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from ..config import default_val_resize
 from ..errors import UsageError
+from .batch_buffers import stack_channels_last
 from .images import BAD_IMAGE_ERRORS
 from .reduced import SizedDecoder
 
@@ -236,19 +237,20 @@ class RepeatedAugmentation(torch.utils.data.Sampler):
 
 
 # ---------------------------------------------------------------- loaders
-def stack_images(images: list) -> torch.Tensor:
+def stack_images(images: list):
     """uint8 CHW images as one (B, 3, H, W) batch laid out channels-last in memory. The JPEG decoders and torch's
     antialiased resize leave each image channels-last, so this is a copy of whole rows, where stacking them into
     the NCHW layout is a byte-by-byte transpose (docs/performance.md). The device's `engine.Normalizer` gives the
-    model the layout it asks for."""
-    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    model the layout it asks for. In a DataLoader worker the batch goes into one of the worker's reused
+    shared-memory buffers (batch_buffers.py) and is returned wrapped, to arrive in the main process as a tensor."""
+    return stack_channels_last(images)
 
 
 def collate_samples(batch: list) -> list:
     """DataLoader's default_collate for (image, label, bad, ...) samples, the images stacked as `stack_images`
-    does (default_collate stacks them into shared memory in a worker, so they reach the main process uncopied)."""
-    images = torch.utils.data.default_collate([sample[0].permute(1, 2, 0) for sample in batch])
-    return [images.permute(0, 3, 1, 2), *torch.utils.data.default_collate([sample[1:] for sample in batch])]
+    does (in a worker into shared memory, so they reach the main process uncopied)."""
+    return [stack_images([sample[0] for sample in batch]),
+            *torch.utils.data.default_collate([sample[1:] for sample in batch])]
 
 
 def build_loaders(train_set: Dataset, val_set: Dataset, *, batch_size: int, workers: int, seed: int,
