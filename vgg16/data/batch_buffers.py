@@ -44,6 +44,10 @@ received = 0
 """Batches this process received in a worker's reused buffers (for tests and benchmarks)."""
 
 
+def reuse_on() -> bool:
+    return os.environ.get("VGG16_REUSE_BATCH_BUFFERS", "1") != "0"
+
+
 def _worker_pool() -> _Pool:
     global _pool
     if _pool is None or _pool.pid != os.getpid():  # a fresh worker (forked from a process that had one) starts empty
@@ -89,7 +93,7 @@ def stack_channels_last(images: list):
     if torch.utils.data.get_worker_info() is None:
         return torch.stack(rows).permute(0, 3, 1, 2)
     shape, dtype = (len(rows), *rows[0].shape), rows[0].dtype
-    pool = _worker_pool() if os.environ.get("VGG16_REUSE_BATCH_BUFFERS", "1") != "0" else None
+    pool = _worker_pool() if reuse_on() else None
     slot = _slot_for(pool, shape, dtype) if pool is not None else None
     if slot is None:  # off, or every buffer out: a new one, freed as default_collate's are
         return torch.stack(rows, out=_new_shared(shape, dtype)).permute(0, 3, 1, 2)

@@ -48,6 +48,7 @@ def bench_data(args) -> dict:
 
     from ..data.pipeline import (IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, collate_samples, eval_transform,
                                  train_transform)
+    from ..data.batch_buffers import reuse_on
     from ..data.region_decode import region_decoder_status
     from ..data.sources import load_source
 
@@ -86,7 +87,9 @@ def bench_data(args) -> dict:
                     + (f", --gpu-decode on {args.device}" if args.gpu_decode else "") + ")", "images_per_s": ours, **gpu,
             "baseline_images_per_s": ref, "ratio": ours / ref, "workers": args.workers,
             "batch_size": args.batch_size, "images": len(ours_set), "baseline": "torchvision ImageFolder + PIL + "
-            "ToTensor + Normalize", "region_decode": region_decoder_status()}
+            "ToTensor + Normalize", "region_decode": region_decoder_status(),
+            **({"batch_buffers": "reused" if reuse_on() else "new per batch (VGG16_REUSE_BATCH_BUFFERS=0)"}
+               if args.workers and not args.gpu_decode else {})}
 
 
 def _time_gpu_decode(dataset, args) -> dict:
@@ -230,6 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      f"{result['stop_check_ratio']:.3f}), the check alone {result['stop_check_us']:.0f} us = "
                      f"{100 * result['stop_check_share_of_step']:.3f}% of a step" if "stop_check_us" in result else "")
                   + (f"; region decoder {result['region_decode']}" if "region_decode" in result else "")
+                  + (f"; worker batch buffers {result['batch_buffers']}" if "batch_buffers" in result else "")
                   + (f"; decode alone {result['decode_only_images_per_s']:.1f} images/s, decode + transforms "
                      f"{result['decode_and_transforms_images_per_s']:.1f}" if "decode_only_images_per_s" in result else "")
                   + (f"; the whole load took {result['whole_load_s']:.1f} s and {result['arrow_copy_bytes'] / 1e9:.2f} GB "
