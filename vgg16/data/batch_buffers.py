@@ -36,7 +36,6 @@ class _Pool:
     flags: torch.Tensor
     """uint8, in shared memory: 1 while the slot's batch is out (sent, not yet released by the main process)."""
     buffers: list = field(default_factory=lambda: [None] * SLOTS)
-    pid: int = field(default_factory=os.getpid)
 
 
 _pool: Optional[_Pool] = None
@@ -50,7 +49,7 @@ def reuse_on() -> bool:
 
 def _worker_pool() -> _Pool:
     global _pool
-    if _pool is None or _pool.pid != os.getpid():  # a fresh worker (forked from a process that had one) starts empty
+    if _pool is None:  # first batch of this worker (the main process, which workers fork from, never has one)
         _pool = _Pool(torch.zeros(SLOTS, dtype=torch.uint8).share_memory_())
     return _pool
 
@@ -77,18 +76,23 @@ def _received(images: torch.Tensor, flags: torch.Tensor, slot: int) -> torch.Ten
     return images
 
 
+def _fits(buffer: Optional[torch.Tensor], shape: tuple, dtype: torch.dtype) -> bool:
+    return buffer is not None and tuple(buffer.shape) == shape and buffer.dtype == dtype
+
+
 def _slot_for(pool: _Pool, shape: tuple, dtype: torch.dtype) -> Optional[int]:
     """A free slot, one already holding a buffer of this shape and dtype first; None when all are out."""
     free = [s for s, out in enumerate(pool.flags.tolist()) if not out]
-    same = [s for s in free if pool.buffers[s] is not None and tuple(pool.buffers[s].shape) == shape
-            and pool.buffers[s].dtype == dtype]
+    same = [s for s in free if _fits(pool.buffers[s], shape, dtype)]
     return (same or free or [None])[0]
 
 
-def stack_channels_last(images: list):
-    """CHW images laid out channels-last (HWC in memory) as one (B, C, H, W) batch laid out channels-last: a copy of
-    whole rows. In a DataLoader worker into a reused shared-memory buffer, returned wrapped for the trip to the main
-    process, where it arrives as a plain tensor; elsewhere into new memory."""
+def stack_images(images: list):
+    """uint8 CHW images as one (B, 3, H, W) batch laid out channels-last in memory. The JPEG decoders and torch's
+    antialiased resize leave each image channels-last, so this is a copy of whole rows, where stacking them into
+    the NCHW layout is a byte-by-byte transpose (docs/performance.md); the device's `engine.Normalizer` gives the
+    model the layout it asks for. In a DataLoader worker the batch goes into one of the worker's reused buffers and
+    is returned wrapped for the trip to the main process, where it arrives as a plain tensor."""
     rows = [image.permute(1, 2, 0) for image in images]
     if torch.utils.data.get_worker_info() is None:
         return torch.stack(rows).permute(0, 3, 1, 2)
@@ -97,9 +101,9 @@ def stack_channels_last(images: list):
     slot = _slot_for(pool, shape, dtype) if pool is not None else None
     if slot is None:  # off, or every buffer out: a new one, freed as default_collate's are
         return torch.stack(rows, out=_new_shared(shape, dtype)).permute(0, 3, 1, 2)
+    if not _fits(pool.buffers[slot], shape, dtype):
+        pool.buffers[slot] = _new_shared(shape, dtype)
     buffer = pool.buffers[slot]
-    if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != dtype:
-        buffer = pool.buffers[slot] = _new_shared(shape, dtype)
     pool.flags[slot] = 1
     torch.stack(rows, out=buffer)
     return _Sent(buffer.permute(0, 3, 1, 2), pool.flags, slot)

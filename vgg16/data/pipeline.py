@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 
 from ..config import default_val_resize
 from ..errors import UsageError
-from .batch_buffers import stack_channels_last
+from .batch_buffers import stack_images
 from .images import BAD_IMAGE_ERRORS
 from .reduced import SizedDecoder
 
@@ -237,18 +237,9 @@ class RepeatedAugmentation(torch.utils.data.Sampler):
 
 
 # ---------------------------------------------------------------- loaders
-def stack_images(images: list):
-    """uint8 CHW images as one (B, 3, H, W) batch laid out channels-last in memory. The JPEG decoders and torch's
-    antialiased resize leave each image channels-last, so this is a copy of whole rows, where stacking them into
-    the NCHW layout is a byte-by-byte transpose (docs/performance.md). The device's `engine.Normalizer` gives the
-    model the layout it asks for. In a DataLoader worker the batch goes into one of the worker's reused
-    shared-memory buffers (batch_buffers.py) and is returned wrapped, to arrive in the main process as a tensor."""
-    return stack_channels_last(images)
-
-
 def collate_samples(batch: list) -> list:
-    """DataLoader's default_collate for (image, label, bad, ...) samples, the images stacked as `stack_images`
-    does (in a worker into shared memory, so they reach the main process uncopied)."""
+    """DataLoader's default_collate for (image, label, bad, ...) samples, the images stacked by `stack_images`
+    (batch_buffers.py: in a worker into reused shared memory, so they reach the main process uncopied)."""
     return [stack_images([sample[0] for sample in batch]),
             *torch.utils.data.default_collate([sample[1:] for sample in batch])]
 
