@@ -9,7 +9,7 @@ def _sets(root, size=32, small=True):
     data = load_source(str(root), seed=0)
     return (AugmentedDataset(data.train, train_transform(image_size=size, small=small), seed=7),
             AugmentedDataset(data.val, eval_transform(resize_size=size if small else round(size * 256 / 224),
-                                                      crop_size=size), seed=7))
+                                                      crop_size=size, interpolation="bilinear"), seed=7))
 
 
 def test_presets_give_uint8_at_the_requested_size(image_folder):
@@ -18,7 +18,7 @@ def test_presets_give_uint8_at_the_requested_size(image_folder):
     assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and isinstance(y, int) and bad == 0
     train, val = _sets(image_folder, size=72, small=False)  # ImageNet recipe, scaled: crop 72, eval resize 82
     assert train[1][0].shape == (3, 72, 72) and val[1][0].shape == (3, 72, 72)
-    t = eval_transform(resize_size=256, crop_size=224)
+    t = eval_transform(resize_size=256, crop_size=224, interpolation="bilinear")
     assert [type(s).__name__ for s in t.transforms] == ["Resize", "CenterCrop", "PILToTensor"]
     assert t.transforms[0].size == [256] and tuple(t.transforms[1].size) == (224, 224)
     r = train_transform(image_size=224, small=False).transforms[0]
@@ -92,7 +92,7 @@ def test_reduced_scale_decoding_keeps_the_seeded_draws_and_the_picture(tmp_path)
 
     data = load_source(str(make_photo_folder(tmp_path / "p", n_train=6, n_val=2, size=(400, 300))), seed=0)
     for split, transform, bound in ((data.train, train_transform(image_size=64, small=False), 8.0),
-                                    (data.val, eval_transform(resize_size=73, crop_size=64), 2.0)):
+                                    (data.val, eval_transform(resize_size=73, crop_size=64, interpolation="bilinear"), 2.0)):
         ds = AugmentedDataset(split, transform, seed=7)
         for i in range(len(ds)):
             reduced = ds[i][0].float()

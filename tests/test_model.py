@@ -60,18 +60,18 @@ def test_shape_check_names_the_first_mismatch():
 def test_a_model_compiled_in_place_normalises_uint8_itself_and_its_ema_copy_runs_its_own_weights():
     import copy
 
-    from vgg16.compiling import compile_in_place
+    from vgg16.compiling import compile_with_input
     from vgg16.engine import Normalizer
 
     torch.manual_seed(0)
     model = build_model("vgg11", 3, head="small", dropout=0.0).eval()
     reference = copy.deepcopy(model)
     normalize = Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "cpu")
-    compile_in_place(model, normalize, backend="eager")
+    batch_input = compile_with_input(model, normalize, backend="eager")
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
-        torch.testing.assert_close(model(images), reference(normalize.normalise(images)))
-        assert normalize(images) is images  # the batches now pass through: the model normalises
+        torch.testing.assert_close(model(images), reference(normalize(images)))
+        assert batch_input(images) is images  # the batches now pass through: the model normalises
         assert list(model.state_dict()) == list(reference.state_dict())  # no _orig_mod. prefix
         twin = copy.deepcopy(model)  # as the EMA copies it
         for p in twin.parameters():

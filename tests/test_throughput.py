@@ -165,7 +165,7 @@ def test_gpu_decode_batched_crops_give_the_cpu_paths_pictures_of_photographs(tmp
 
     data = load_source(str(make_photo_folder(tmp_path / "p", n_train=4, n_val=2, size=(200, 150))), seed=0)
     for split, transform in ((data.train, train_transform(image_size=64, small=False)),
-                             (data.val, eval_transform(resize_size=73, crop_size=64))):
+                             (data.val, eval_transform(resize_size=73, crop_size=64, interpolation="bilinear"))):
         ds = AugmentedDataset(split, transform, seed=3)
         assert BatchDecoder(ds, "cpu").batched is not None
         batch = list(range(len(ds)))

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .elastic import restart_count
-from .errors import UsageError, write_failure
+from .errors import RunFailure, UsageError, write_failure
 from .model import check_state_dict, with_timm_fields
 from .weights import MODEL_CONFIG, WEIGHTS, read_weights  # noqa: F401 - read_weights: ckpt.read_weights
 
@@ -136,10 +136,10 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, state: 
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         elif not tmp.exists():
-            raise UsageError(f"could not write checkpoint {final}: the main process removed the unfinished folder "
+            raise RunFailure(f"could not write checkpoint {final}: the main process removed the unfinished folder "
                              "after its own save failed (its error line says why)") from None
         previous = latest_checkpoint(checkpoints_dir.parent)
-        raise UsageError(f"could not write checkpoint {final} ({write_failure(e)}); "
+        raise RunFailure(f"could not write checkpoint {final} ({write_failure(e)}); "
                          + (f"the previous checkpoint {previous} is intact; " if previous else "")
                          + "free some space or choose another --output-dir, then --resume auto") from None
     if accelerator.is_main_process:
@@ -218,6 +218,6 @@ def export_model(accelerator: Accelerator, model: nn.Module, output_dir: Path, m
     except (OSError, SafetensorError) as e:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise UsageError(f"could not write the model to {output_dir} ({write_failure(e)}); the previous export and "
+        raise RunFailure(f"could not write the model to {output_dir} ({write_failure(e)}); the previous export and "
                          "checkpoints are intact: free some space, then --resume auto") from None
     accelerator.wait_for_everyone()

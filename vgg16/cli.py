@@ -1,20 +1,23 @@
-"""Command line -> TrainConfig, with every spelling of the Ascend ModelZoo scripts.
+"""Command line -> the options given (`read_command`), with every spelling of the Ascend ModelZoo scripts.
 
-The options are declared on TrainConfig's fields (vgg16/config.py); this adds only the old scripts' flags that are
-not options of their own: `--amp` and `--opt-level`, which set --mixed-precision, and the mp.spawn launcher's
-flags, which stop the run with the `accelerate launch` option that replaces them (silently ignoring
-`--world-size 8` would train one process where the user asked for eight).
+The options are declared on TrainConfig's fields (vgg16/config.py); this adds `--config FILE` (vgg16/config_file.py)
+and the old scripts' flags that are not options of their own: `--amp` and `--opt-level`, which set
+--mixed-precision, and the mp.spawn launcher's flags, which stop the run with the `accelerate launch` option that
+replaces them (silently ignoring `--world-size 8` would train one process where the user asked for eight).
+What the options resolve to is vgg16/resolve.py's work.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import sys
 from typing import Optional, Sequence
 
-from .config import TrainConfig
+from .config import RUN, TrainConfig
+from .config_file import RUN_CONFIG, read_config_file
 from .errors import UsageError
 from .options import add_declared
+from .resolve import GivenOptions, resolve_config
 
 OPT_LEVELS = ("O0", "O1", "O2", "O3")
 
@@ -55,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Launch with `accelerate launch [--config_file accelerate_configs/X.yaml] train_vgg16.py ...`.",
         allow_abbrev=False,
     )
-    add_declared(p, TrainConfig)
+    groups = add_declared(p, TrainConfig)
+    groups[RUN].add_argument("--config", metavar="FILE", default=None,
+                             help=f"take the options from this YAML file (a run's {RUN_CONFIG} reruns it); flags given "
+                             "beside it win (default: none)")
     apex = p.add_argument_group("apex flags of the old scripts (set --mixed-precision)")
     apex.add_argument(LEGACY_PRECISION["amp"][0], dest="amp", action="store_true", help=LEGACY_PRECISION["amp"][1])
     apex.add_argument(LEGACY_PRECISION["opt_level"][0], dest="opt_level", choices=OPT_LEVELS,
@@ -73,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _precision_from_legacy(ns: argparse.Namespace, notes: list) -> Optional[str]:
     """Fold --amp / --opt-level into --mixed-precision, refusing contradictions."""
-    wanted = ns.mixed_precision
+    wanted = getattr(ns, "mixed_precision", None)
     legacy = None
     if ns.opt_level == "O0":
         legacy = "no"
@@ -88,13 +94,25 @@ def _precision_from_legacy(ns: argparse.Namespace, notes: list) -> Optional[str]
     return wanted or legacy
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
+def read_command(argv: Optional[Sequence[str]] = None) -> GivenOptions:
+    """The options the command line gives, and those of its --config file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = build_parser().parse_args(argv)
     used = [k for k in LEGACY_DISTRIBUTED if getattr(ns, k) is not None]
     if used:
         flags = ", ".join("--" + k.replace("_", "-") for k in used)
         raise UsageError(f"{flags} belong to the old mp.spawn launcher: " + "; ".join(LEGACY_DISTRIBUTED[k] for k in used))
     notes: list = []
-    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(ns, f.name)}
-    values.update(mixed_precision=_precision_from_legacy(ns, notes), notes=notes)
-    return TrainConfig(**values)
+    given = {name: value for name, value in vars(ns).items() if name in TrainConfig.__dataclass_fields__}
+    precision = _precision_from_legacy(ns, notes)
+    if precision is not None:
+        given["mixed_precision"] = precision
+    from_file = read_config_file(ns.config) if ns.config else {}
+    return GivenOptions(command_line=given, config_file=from_file, config_path=ns.config, notes=tuple(notes),
+                        command=" ".join(["train_vgg16.py", *argv]))
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
+    """The config a command resolves to before the weights and data are looked at (vgg16/resolve.py): what
+    --help's defaults and the recipe make of it."""
+    return resolve_config(read_command(argv))

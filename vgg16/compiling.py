@@ -14,22 +14,29 @@ and exports are the same with and without --compile; a deep copy (the EMA of the
 from __future__ import annotations
 
 from types import MethodType
+from typing import Callable
 
+import torch
 from torch import nn
 
 
-def normalise_inside(model: nn.Module, normalize) -> None:
-    """Make `model` take the loader's uint8 NCHW batches and normalise them itself (`normalize.normalise`), so
-    that a compiled model holds that work in its graph. The forward is the model's own, replaced on this instance
-    (as Accelerate replaces it for autocast): the weights and their names do not change, and a deep copy (the EMA
-    of the weights) gets the same forward bound to itself."""
+def as_loaded(images: torch.Tensor) -> torch.Tensor:
+    """What the batches go through once the model normalises its own input: nothing."""
+    return images
+
+
+def normalise_inside(model: nn.Module, normalise: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+    """Make `model` take the loader's uint8 NCHW batches and normalise them itself, so that a compiled model holds
+    that work in its graph; return what the batches now go through before the model (`as_loaded`). The forward is
+    the model's own, replaced on this instance (as Accelerate replaces it for autocast): the weights and their
+    names do not change, and a deep copy (the EMA of the weights) gets the same forward bound to itself."""
     original = type(model).forward
 
     def forward(module, images):
-        return original(module, normalize.normalise(images))
+        return original(module, normalise(images))
 
     model.forward = MethodType(forward, model)
-    normalize.in_model = True
+    return as_loaded
 
 
 def compile_options(backend: str = "inductor", mode: str = "default") -> dict:
@@ -37,10 +44,13 @@ def compile_options(backend: str = "inductor", mode: str = "default") -> dict:
     return {"backend": backend, "mode": None if mode == "default" else mode}
 
 
-def compile_in_place(model: nn.Module, normalize, *, backend: str = "inductor", mode: str = "default") -> None:
-    """Normalisation into the model (normalise_inside), then `model.compile(...)`; before `accelerator.prepare`."""
-    normalise_inside(model, normalize)
+def compile_with_input(model: nn.Module, normalise: Callable, *, backend: str = "inductor",
+                       mode: str = "default") -> Callable:
+    """Normalisation into the model (normalise_inside), then `model.compile(...)`; before `accelerator.prepare`.
+    Returns what the batches go through before the model from now on (`as_loaded`)."""
+    batch_input = normalise_inside(model, normalise)
     model.compile(**compile_options(backend, mode))
+    return batch_input
 
 
 def compile_counts() -> dict:
@@ -55,4 +65,3 @@ def compile_counts() -> dict:
 def compile_note(counts: dict) -> str:
     return (f"torch.compile so far: {counts['compiled_graphs']} graph(s) compiled, {counts['graph_breaks']} graph "
             "break(s)")
-

@@ -1,10 +1,10 @@
 """Every option of a training run, declared once: a typed dataclass field whose `option(...)` gives its flags, help,
 group and allowed values (vgg16/options.py builds the command line, the checks and docs/options.md from them).
 
-A config is complete when built: values not given come from the recipe (vgg16/recipes.py), then the rules that
-join several options are checked (`_check_combinations`). The command line (`vgg16.cli`) fills it; tests build it
-directly. Nothing here knows about devices or processes: values that depend on the launch (workers per process)
-are resolved where the launch is known.
+A config is complete and frozen when built: vgg16/resolve.py layers the declared defaults, the recipe's values
+for the run's architecture, a --config file and the command line, then `check_rules` checks the options that
+join. Nothing here knows about devices or processes: the values that depend on the launch (workers per process,
+the precision an accelerate config chose) and on the data (the sizes) come to the resolution as facts.
 
 Over 300 lines on purpose: it is the one place every option is declared (76 of them, one to six lines each);
 splitting the declarations by group would put the options a reader looks for in several files.
@@ -13,14 +13,14 @@ splitting the declarations by group would put the options a reader looks for in 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from .errors import UsageError
-from .options import check_declared, option
-from .recipes import RECIPES, recipe_value
+from .options import option
+from .recipes import RECIPES
 
-# The three sizes also depend on the images and the starting weights: `resolve_sizes`, not the recipe fill.
+# The three sizes also depend on the images and the starting weights (vgg16.resolve.resolve_sizes).
 SIZE_OPTIONS = ("image_size", "val_resize_size", "val_crop_size")
 
 
@@ -64,8 +64,12 @@ def loss_scale_value(text: str) -> Optional[float]:
 DATA, MODEL, OPTIM, DEVICE, RUN = "data", "model", "optimisation", "precision and device", "run"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """Every option of a run with its value: built only by `vgg16.resolve.resolve_config`, which takes the defaults,
+    the recipe, a --config file and the command line in that order and checks the result once. Frozen: nothing
+    fills or replaces a value after that."""
+
     # --- data ---
     data: Optional[str] = option(
         None, "--data", "--data_path", "--data-path", group=DATA, metavar="PATH_OR_NAME",
@@ -77,31 +81,31 @@ class TrainConfig:
         "digits")
     num_classes: Optional[int] = option(None, "--num-classes", group=DATA, minimum=2,
                                         help="class count for --dataset synthetic (default 1000); real data has its own")
-    image_size: Optional[int] = option(
+    image_size: int = option(
         None, "--image-size", "--train-crop-size", group=DATA, minimum=32, why="VGG halves the image five times",
         help="training crop (default: the starting weights' own, else the recipe's: 224, 176 in modern; 32 for "
         "images below 64 px)")
-    val_resize_size: Optional[int] = option(None, "--val-resize-size", group=DATA, minimum=32,
+    val_resize_size: int = option(None, "--val-resize-size", group=DATA, minimum=32,
                                             help="resize before the validation crop (default crop x 256/224, x 1 below 64 px)")
-    val_crop_size: Optional[int] = option(None, "--val-crop-size", group=DATA, minimum=32,
+    val_crop_size: int = option(None, "--val-crop-size", group=DATA, minimum=32,
                                           help="validation centre crop (default: the training crop)")
     interpolation: str = option("bilinear", "--interpolation", group=DATA, choices=INTERPOLATIONS,
-                                help="resize interpolation")
-    hflip: Optional[float] = option(None, "--hflip", group=DATA, minimum=0, maximum=1,
+                                help="resize interpolation (default: the starting weights' own, else bilinear)")
+    hflip: float = option(None, "--hflip", group=DATA, minimum=0, maximum=1,
                                     help="horizontal flip probability in training")
     auto_augment: Optional[str] = option(
         None, "--auto-augment", group=DATA, choices=AUTO_AUGMENTS, metavar="POLICY",
         help=f"{' | '.join(AUTO_AUGMENTS)}: RandAugment, TrivialAugmentWide, AugMix or an AutoAugment policy")
     ra_magnitude: int = option(9, "--ra-magnitude", group=DATA, minimum=0, maximum=30, help="RandAugment magnitude")
     augmix_severity: int = option(3, "--augmix-severity", group=DATA, minimum=1, maximum=10, help="AugMix severity")
-    random_erase: Optional[float] = option(
+    random_erase: float = option(
         None, "--random-erase", group=DATA, minimum=0, maximum=1, metavar="P",
         help="probability of erasing a random rectangle (filled with the mean colour: 0 after normalisation)")
-    mixup_alpha: Optional[float] = option(None, "--mixup-alpha", group=DATA, minimum=0,
+    mixup_alpha: float = option(None, "--mixup-alpha", group=DATA, minimum=0,
                                           help="mixup Beta(alpha, alpha), batch-level")
-    cutmix_alpha: Optional[float] = option(None, "--cutmix-alpha", group=DATA, minimum=0,
+    cutmix_alpha: float = option(None, "--cutmix-alpha", group=DATA, minimum=0,
                                            help="cutmix Beta(alpha, alpha), batch-level")
-    ra_sampler: Optional[bool] = option(None, "--ra-sampler", group=DATA,
+    ra_sampler: bool = option(None, "--ra-sampler", group=DATA,
                                         help="repeated augmentation: each image --ra-reps times per epoch")
     ra_reps: int = option(3, "--ra-reps", group=DATA, minimum=1, help="repetitions for --ra-sampler")
     strict_data: bool = option(False, "--strict-data", group=DATA,
@@ -113,11 +117,11 @@ class TrainConfig:
         "conversion first; every process reads an equal, distinct part of each epoch")
     shuffle_buffer: int = option(8192, "--shuffle-buffer", group=DATA, minimum=0, metavar="ROWS",
                                  help="--streaming: rows per process held for shuffling, in memory")
-    workers: Optional[int] = option(None, "-j", "--workers", group=DATA, minimum=0,
+    workers: int = option(None, "-j", "--workers", group=DATA, minimum=0,
                                     help="data loading workers per process (default: this process's CPUs / local processes)")
 
     # --- model ---
-    arch: Optional[str] = option(
+    arch: str = option(
         None, "-a", "--arch", "--a", group=MODEL, choices=ARCHS, metavar="ARCH",
         help=f"one of {', '.join(ARCHS)}; with --pretrained the weights decide unless you say")
     dropout: float = option(0.5, "--dropout", group=MODEL, minimum=0, maximum=1, below=True,
@@ -131,35 +135,35 @@ class TrainConfig:
     freeze_features: bool = option(False, "--freeze-features", group=MODEL,
                                    help="train the classifier only: the features and their BatchNorm statistics stay "
                                    "as loaded")
-    freeze_epochs: Optional[int] = option(None, "--freeze-epochs", group=MODEL, minimum=0, metavar="N",
+    freeze_epochs: int = option(None, "--freeze-epochs", group=MODEL, minimum=0, metavar="N",
                                           help="the classifier alone for N epochs, then every layer (fastai's fine_tune)")
-    backbone_lr_scale: Optional[float] = option(None, "--backbone-lr-scale", group=MODEL, minimum=0, metavar="F",
+    backbone_lr_scale: float = option(None, "--backbone-lr-scale", group=MODEL, minimum=0, metavar="F",
                                                 help="the features train at lr x F (discriminative lr)")
 
     # --- optimisation ---
-    recipe: Optional[str] = option(
+    recipe: str = option(
         None, "--recipe", group=OPTIM, choices=tuple(RECIPES),
         help="fills every option you do not give (docs/recipes.md); default finetune with --pretrained, torchvision "
         "with --data, digits without")
-    opt: Optional[str] = option(None, "--opt", group=OPTIM, choices=OPTIMIZERS, help="optimizer")
-    epochs: Optional[int] = option(None, "--epochs", "--epoch", group=OPTIM, minimum=1, help="epochs to train")
+    opt: str = option(None, "--opt", group=OPTIM, choices=OPTIMIZERS, help="optimizer")
+    epochs: int = option(None, "--epochs", "--epoch", group=OPTIM, minimum=1, help="epochs to train")
     start_epoch: Optional[int] = option(None, "--start-epoch", group=OPTIM, minimum=0,
                                         help="epoch to start from (overrides the one stored by --resume)")
-    batch_size: Optional[int] = option(
+    batch_size: int = option(
         None, "-b", "--batch-size", group=OPTIM, minimum=1,
         help="per process: the global batch is batch size x processes x --grad-accum")
     grad_accum: int = option(1, "--grad-accum", group=OPTIM, minimum=1, help="micro-batches per optimizer step")
-    val_batch_size: Optional[int] = option(
+    val_batch_size: int = option(
         None, "--val-batch-size", group=OPTIM, minimum=1,
         help="validation batch per process (default: --batch-size); evaluation keeps no activations for a backward "
         "pass, so a larger one fits and finishes sooner")
-    lr: Optional[float] = option(None, "--lr", "--learning-rate", group=OPTIM, minimum=0, help="learning rate")
+    lr: float = option(None, "--lr", "--learning-rate", group=OPTIM, minimum=0, help="learning rate")
     lr_scale_by_batch: bool = option(False, "--lr-scale-by-batch", group=OPTIM,
                                      help="linear scaling rule: the lr used is --lr x global batch / 256 (printed at "
                                      "start)")
     momentum: float = option(0.9, "--momentum", "--mom", group=OPTIM, minimum=0, maximum=1, below=True,
                              help="SGD momentum")
-    weight_decay: Optional[float] = option(None, "--weight-decay", "--wd", group=OPTIM, minimum=0, help="weight decay")
+    weight_decay: float = option(None, "--weight-decay", "--wd", group=OPTIM, minimum=0, help="weight decay")
     norm_weight_decay: Optional[float] = option(
         None, "--norm-weight-decay", group=OPTIM, minimum=0,
         help="weight decay of normalisation layers' weights and biases (- in a recipe: --weight-decay)")
@@ -168,29 +172,29 @@ class TrainConfig:
         help="weight decay of every bias (- in a recipe: --weight-decay; norm biases follow --norm-weight-decay "
         "when set)")
     nesterov: bool = option(False, "--nesterov", group=OPTIM, help="same as --opt sgd_nesterov")
-    lr_scheduler: Optional[str] = option(
+    lr_scheduler: str = option(
         None, "--lr-scheduler", group=OPTIM, choices=SCHEDULERS, parse=scheduler_name, metavar="step|cosine",
         help="the lr schedule (torchvision's names StepLR and CosineAnnealingLR work too)")
-    lr_step_size: Optional[int] = option(None, "--lr-step-size", group=OPTIM, minimum=1,
+    lr_step_size: int = option(None, "--lr-step-size", group=OPTIM, minimum=1,
                                          help="epochs between lr decays for step")
-    lr_gamma: Optional[float] = option(None, "--lr-gamma", group=OPTIM, minimum=0, maximum=1, above=True,
+    lr_gamma: float = option(None, "--lr-gamma", group=OPTIM, minimum=0, maximum=1, above=True,
                                        help="the factor of each step decay")
-    lr_update: Optional[str] = option(
+    lr_update: str = option(
         None, "--lr-update", group=OPTIM, choices=LR_UPDATES,
         help="step: the schedule moves every optimizer step; epoch: once per epoch, as torchvision and the old "
         "scripts step theirs")
-    warmup_epochs: Optional[float] = option(None, "--warmup-epochs", "--lr-warmup-epochs", group=OPTIM, minimum=0,
+    warmup_epochs: float = option(None, "--warmup-epochs", "--lr-warmup-epochs", group=OPTIM, minimum=0,
                                             help="epochs of lr warm-up")
-    lr_warmup_method: Optional[str] = option(None, "--lr-warmup-method", group=OPTIM, choices=WARMUP_METHODS,
+    lr_warmup_method: str = option(None, "--lr-warmup-method", group=OPTIM, choices=WARMUP_METHODS,
                                              help="how the warm-up rises")
-    lr_warmup_decay: Optional[float] = option(None, "--lr-warmup-decay", group=OPTIM, minimum=0, maximum=1, above=True,
+    lr_warmup_decay: float = option(None, "--lr-warmup-decay", group=OPTIM, minimum=0, maximum=1, above=True,
                                               help="the warm-up's starting factor of the lr")
-    lr_min: Optional[float] = option(None, "--lr-min", group=OPTIM, minimum=0, help="the lr cosine ends at")
-    label_smoothing: Optional[float] = option(None, "--label-smoothing", group=OPTIM, minimum=0, maximum=1, below=True,
+    lr_min: float = option(None, "--lr-min", group=OPTIM, minimum=0, help="the lr cosine ends at")
+    label_smoothing: float = option(None, "--label-smoothing", group=OPTIM, minimum=0, maximum=1, below=True,
                                               help="label smoothing of the loss")
     clip_grad_norm: Optional[float] = option(None, "--clip-grad-norm", group=OPTIM, minimum=0, above=True,
                                              metavar="MAX_NORM", help="clip the gradients' global norm (default off)")
-    model_ema: Optional[bool] = option(None, "--model-ema", group=OPTIM,
+    model_ema: bool = option(None, "--model-ema", group=OPTIM,
                                        help="keep and evaluate an exponential moving average of the weights")
     model_ema_steps: int = option(32, "--model-ema-steps", group=OPTIM, minimum=1,
                                   help="optimizer steps between EMA updates")
@@ -255,84 +259,42 @@ class TrainConfig:
         help="end: upload once, at the end; every_save: also after every epoch's save, from a background thread (as "
         "transformers' Trainer)")
 
-    notes: list = field(default_factory=list)
-    """Not an option: messages from the command-line layer (how a legacy flag was mapped), printed at start."""
-
-    def __post_init__(self) -> None:
-        check_declared(self)
-        self._check_combinations()
-        self._fill_from_recipe()
-
-    def _check_combinations(self) -> None:
-        """The rules that join options; one value's rules are in its declaration."""
-        rules = [
-            (not (self.data and self.dataset in ("synthetic", "digits")),
-             f"--data and --dataset {self.dataset} exclude each other: drop one"),
-            (not (self.freeze_features and self.freeze_epochs),
-             "--freeze-features freezes the features for the whole run, --freeze-epochs N for N epochs: keep one"),
-            (not self.nesterov or self.momentum > 0, "--nesterov needs a momentum above 0"),
-            (not (self.nesterov and self.opt not in (None, "sgd", "sgd_nesterov")),
-             f"--nesterov is for SGD; --opt {self.opt} has none"),
-            (self.loss_scale is None or self.mixed_precision in (None, "fp16"),
-             "--loss-scale only applies to fp16: add --mixed-precision fp16 (or --amp)"),
-            (not (self.gpu_decode and self.dataset == "synthetic"), "--gpu-decode has nothing to decode with --dataset synthetic"),
-            (self.compile or (self.compile_mode == "default" and self.compile_backend == "inductor"),
-             "--compile-mode and --compile-backend choose how --compile compiles: add --compile"),
-            (not self.streaming or bool(self.data),
-             "--streaming reads parquet files: give --data with a hub dataset name or a local parquet folder"),
-            (not (self.streaming and self.gpu_decode), "--gpu-decode is not available with --streaming yet: drop one"),
-            (not (self.streaming and self.ra_sampler), "--ra-sampler is not available with --streaming: drop one"),
-            (self.hub_strategy == "end" or self.push_to_hub, "--hub-strategy every_save needs --push-to-hub"),
-            (not self.push_to_hub or bool(self.hub_model_id),
-             "--push-to-hub needs --hub-model-id USER/NAME (the repo to create or update)"),
-            (not self.evaluate or bool(self.resume or self.pretrained),
-             "--evaluate needs weights: add --resume CHECKPOINT_DIR or --pretrained WEIGHTS"),
-        ]
-        for holds, message in rules:
-            if not holds:
-                raise UsageError(message)
-
     @property
     def uses_embedded_data(self) -> bool:
         return self.dataset == "digits" or (self.dataset == "auto" and not self.data)
 
-    def _fill_from_recipe(self) -> None:
-        """Unset options take the recipe's values, once, when the config is built (building it again from its own
-        values changes nothing). The sizes stay: they depend on the images too (`resolve_sizes`)."""
-        if self.recipe is None:
-            self.recipe = "finetune" if self.pretrained is not None and not self.evaluate else \
-                "digits" if self.uses_embedded_data else "torchvision"
-        # With --pretrained the weights decide the architecture (the runner reads it off them) unless -a says.
-        if self.arch is None and self.pretrained is None:
-            self.arch = recipe_value(self.recipe, "arch")
-        for name in RECIPES[self.recipe].values:
-            if name not in SIZE_OPTIONS and name != "arch" and getattr(self, name) is None:
-                setattr(self, name, recipe_value(self.recipe, name, self.arch))
-        if self.freeze_features:
-            self.freeze_epochs = 0  # frozen all run: the recipe's unfreezing does not apply
-        if self.nesterov and self.opt == "sgd":
-            self.opt = "sgd_nesterov"
-
-    def resolve_sizes(self, small_images: bool, weights_sizes: Optional[tuple] = None) -> tuple[int, int, int]:
-        """(training crop, validation resize, validation crop).
-
-        For ImageNet-sized images when you give none of the three: the starting weights' own sizes (their
-        transforms' meta), else the recipe's (modern: 176 / 232 / 224). Otherwise unset ones follow from the
-        training crop: validation crop = training crop, resize = crop x 256/224 (torchvision's ratio), or no margin
-        at all below 64 px (CIFAR, digits)."""
-        given = (self.image_size, self.val_resize_size, self.val_crop_size)
-        if not small_images and given == (None, None, None) and weights_sizes:
-            return tuple(weights_sizes)  # type: ignore[return-value]
-        if not small_images and given == (None, None, None):
-            sizes = tuple(recipe_value(self.recipe, k) for k in SIZE_OPTIONS)
-            if None not in sizes:
-                return sizes  # type: ignore[return-value]
-        train = self.image_size or (32 if small_images else 224)
-        crop = self.val_crop_size or train
-        resize = self.val_resize_size or default_val_resize(crop, small_images)
-        return train, resize, crop
-
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out.pop("notes")
-        return out
+        return dataclasses.asdict(self)
+
+
+def check_rules(cfg: TrainConfig) -> None:
+    """The rules that join options, each written here once; one value's rules are in its declaration."""
+    rules = [
+        (not (cfg.data and cfg.dataset in ("synthetic", "digits")),
+         f"--data and --dataset {cfg.dataset} exclude each other: drop one"),
+        (not (cfg.freeze_features and cfg.freeze_epochs),
+         "--freeze-features freezes the features for the whole run, --freeze-epochs N for N epochs: keep one"),
+        (cfg.opt != "sgd_nesterov" or cfg.momentum > 0,
+         "--nesterov (--opt sgd_nesterov) needs a momentum above 0"),
+        (not (cfg.nesterov and cfg.opt not in ("sgd", "sgd_nesterov")),
+         f"--nesterov is for SGD; --opt {cfg.opt} has none"),
+        # mixed_precision is None only before the launch is known (the early check); then it is the launch's.
+        (cfg.loss_scale is None or cfg.mixed_precision in (None, "fp16"),
+         f"--loss-scale applies to fp16, but this run uses {cfg.mixed_precision}: add --mixed-precision fp16 (or "
+         "--amp), or drop --loss-scale"),
+        (not (cfg.gpu_decode and cfg.dataset == "synthetic"), "--gpu-decode has nothing to decode with --dataset synthetic"),
+        (cfg.compile or (cfg.compile_mode == "default" and cfg.compile_backend == "inductor"),
+         "--compile-mode and --compile-backend choose how --compile compiles: add --compile"),
+        (not cfg.streaming or bool(cfg.data),
+         "--streaming reads parquet files: give --data with a hub dataset name or a local parquet folder"),
+        (not (cfg.streaming and cfg.gpu_decode), "--gpu-decode is not available with --streaming yet: drop one"),
+        (not (cfg.streaming and cfg.ra_sampler), "--ra-sampler is not available with --streaming: drop one"),
+        (cfg.hub_strategy == "end" or cfg.push_to_hub, "--hub-strategy every_save needs --push-to-hub"),
+        (not cfg.push_to_hub or bool(cfg.hub_model_id),
+         "--push-to-hub needs --hub-model-id USER/NAME (the repo to create or update)"),
+        (not cfg.evaluate or bool(cfg.resume or cfg.pretrained),
+         "--evaluate needs weights: add --resume CHECKPOINT_DIR or --pretrained WEIGHTS"),
+    ]
+    for holds, message in rules:
+        if not holds:
+            raise UsageError(message)

@@ -23,23 +23,19 @@ from .mixing import BatchMixer
 class Normalizer:
     """uint8 NCHW images on the device (any memory layout) -> normalised float, contiguous or channels_last.
 
-    Called on the batches, or, once `in_model` (compiling.normalise_inside: --compile), by the model itself on its
-    input, so calling it on a batch then passes the batch through as it is."""
+    Called on the batches, or by the model itself on its input (compiling.normalise_inside: --compile), when the
+    batches reach the model as loaded."""
 
     def __init__(self, mean, std, device, channels_last: bool = False):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.in_model = False
 
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         # The layout first, on uint8 (a quarter of the bytes of the floats): the loaders' batches are channels-last
         # in memory (pipeline.stack_images), the model's input need not be.
         x = (images.contiguous(memory_format=self.memory_format).float() - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images if self.in_model else self.normalise(images)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -99,7 +95,7 @@ class Trainee:
     criterion: nn.Module
 
 
-def normalised_batches(loader: Iterable, prepare_batch: Callable, normalize: Normalizer) -> Iterator[tuple]:
+def normalised_batches(loader: Iterable, prepare_batch: Callable, normalize: Callable) -> Iterator[tuple]:
     """(normalised float images, labels, bad) on the device from a prepared loader; `prepare_batch` turns a loader
     batch into (uint8 images, labels, bad) there (--gpu-decode decodes in it)."""
     for batch in loader:
@@ -227,7 +223,7 @@ def train_one_epoch(trainee: Trainee, batches: Iterable, accelerator: Accelerato
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator, normalize: Normalizer,
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, normalize: Callable,
              topk: int = 5, log: Optional[Callable[[str], None]] = None, prepare_batch: Callable = tuple) -> dict:
     """Top-1/top-5 over the whole validation set, each image counted once whatever the process count."""
     model.eval()

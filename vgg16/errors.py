@@ -1,4 +1,12 @@
-"""The one exception type for mistakes a user can fix; the entry point prints it as one line."""
+"""The two kinds of error a run ends with in one line, each with its exit code (docs/faults.md has the table):
+
+- `UsageError` (exit 2): what was asked cannot be done as given: a flag, a --config file, a path, a dataset or a
+  checkpoint that does not fit. Fixed by changing the command.
+- `RunFailure` (exit 1): the run could not go on: a full disk while saving, data that became unreadable, a lost
+  row group. The command was right; the message says what to do (free space, check the data, then resume).
+
+A preemption (vgg16/preempt.py) ends with 75; an error of ours keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,10 @@ class UsageError(Exception):
     """
 
 
+class RunFailure(Exception):
+    """The run could not go on for a reason outside the command (module docstring); exit 1."""
+
+
 class SaidByMainProcess(UsageError):
     """The same mistake, already said in one line by the main process: the others end without repeating it."""
 
@@ -23,7 +35,7 @@ def one_line(error: BaseException) -> str:
     text = str(error).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1]
-        for prefix in ("vgg16.errors.UsageError: ", "UsageError: "):
+        for prefix in ("vgg16.errors.UsageError: ", "vgg16.errors.RunFailure: ", "UsageError: ", "RunFailure: "):
             text = text.removeprefix(prefix)
     return text
 

@@ -77,10 +77,10 @@ def _paths(split) -> Optional[list]:
     return [r["path"] for r in raw["image"]]
 
 
-def extract(accelerator: Accelerator, model, split, class_names: list, out: Path, *, sizes: tuple, mean, std,
-            batch_size: int, workers: int, desc: str) -> int:
+def extract(accelerator: Accelerator, model, split, class_names: list, out: Path, *, sizes: tuple, interpolation: str,
+            mean, std, batch_size: int, workers: int, desc: str) -> int:
     """Write `split`'s features to `out` (main process); return the rows written."""
-    transform = eval_transform(resize_size=sizes[1], crop_size=sizes[2])
+    transform = eval_transform(resize_size=sizes[1], crop_size=sizes[2], interpolation=interpolation)
     loader = DataLoader(_WithRow(AugmentedDataset(split, transform, seed=0)), batch_size=batch_size,
                         collate_fn=collate_samples, num_workers=workers, pin_memory=accelerator.device.type != "cpu")
     loader = accelerator.prepare_data_loader(loader)
@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> dict:
     started, counts = time.time(), {}
     for name, split in (("train", source.train), ("validation", source.val)):
         counts[name] = extract(accelerator, model, split, source.class_names, out / f"{name}.parquet", sizes=sizes,
+                               interpolation=weights.interpolation or "bilinear",
                                mean=weights.mean, std=weights.std, batch_size=args.batch_size, workers=workers,
                                desc=name)
     result = {"layer": args.layer, "weights": weights.source, "data": source.name, "output": str(out),

@@ -1,6 +1,7 @@
 """Starting from other weights: which weights, what of them goes into the model, and which part trains when.
 
-- `start_weights`: --pretrained resolved (vgg16.weights) and the run's architecture taken from the weights.
+- `start_weights`: --pretrained resolved (vgg16.weights); their architecture becomes the run's (vgg16.resolve).
+- `start_model`: the run's model, with the starting weights or the checkpoint --evaluate --resume names.
 - `load_start`: the weights into a freshly built model, replacing what does not fit this run (the last layer
   for other classes; the whole classifier for another head or for weights whose classifier is not valid), and
   saying what it did.
@@ -18,30 +19,49 @@ those parameters, their momentum and weight decay untouched, and DDP's all-reduc
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from torch import nn
 
 from .config import TrainConfig
 from .errors import UsageError
-from .model import check_state_dict, head_of, num_classes_of
-from .recipes import recipe_value
-from .weights import Weights, resolve_weights
+from .model import build_model, check_state_dict, head_for, head_of, num_classes_of
+from .weights import WEIGHTS, Weights, read_weights, resolve_weights
 
 
-def start_weights(cfg: TrainConfig, accelerator) -> tuple[TrainConfig, Optional[Weights]]:
-    """--pretrained resolved (one download per machine: the local main process first), and the config with the
-    weights' architecture unless --arch chose one."""
-    if cfg.pretrained is None or (cfg.evaluate and cfg.resume):
-        return cfg, None
+def start_weights(cfg: TrainConfig, accelerator, *, arch_given: Optional[str],
+                  resume_dir: Optional[Path]) -> Optional[Weights]:
+    """--pretrained resolved (one download per machine: the local main process first), before the run's config
+    is: their architecture decides the recipe's values (vgg16.resolve). `cfg.arch` (--arch, else the recipe's)
+    picks torchvision's weights for a bare name such as IMAGENET1K_V1; only an --arch given must match them."""
+    if cfg.pretrained is None or (cfg.evaluate and resume_dir):
+        return None
     with accelerator.local_main_process_first():
-        weights = resolve_weights(cfg.pretrained, cfg.arch or recipe_value(cfg.recipe, "arch"))
-    if cfg.arch and cfg.arch != weights.arch:
-        raise UsageError(f"--pretrained {cfg.pretrained} holds {weights.arch} weights, but --arch is {cfg.arch}: "
+        weights = resolve_weights(cfg.pretrained, cfg.arch)
+    if arch_given and arch_given != weights.arch:
+        raise UsageError(f"--pretrained {cfg.pretrained} holds {weights.arch} weights, but --arch is {arch_given}: "
                          f"drop --arch (the weights decide it) or give {weights.arch} weights")
-    return dataclasses.replace(cfg, arch=weights.arch), weights
+    return weights
+
+
+def start_model(cfg: TrainConfig, *, class_names: list, weights: Optional[Weights],
+                resume_dir: Optional[Path]) -> tuple[nn.Module, Optional[str]]:
+    """The run's model, and what of the starting weights it holds, in words (None from scratch): the weights
+    loaded (`load_start`), or with --evaluate --resume that checkpoint's, which must fit these classes."""
+    head = head_for(cfg.image_size)
+    model = build_model(cfg.arch, len(class_names), head=head, dropout=cfg.dropout)
+    if weights is not None:
+        return model, load_start(model, weights, class_names=class_names, head=head, evaluate=cfg.evaluate)
+    if cfg.evaluate and resume_dir:
+        state = read_weights(Path(resume_dir) / WEIGHTS)
+        if num_classes_of(state) != len(class_names):
+            raise UsageError(f"--resume {resume_dir} has {num_classes_of(state)} classes but the data has "
+                             f"{len(class_names)}: evaluation needs weights trained on these classes")
+        check_state_dict(model, state, f"--resume {resume_dir}")
+        model.load_state_dict(state)
+    return model, None
 
 
 BACKBONE = "features."

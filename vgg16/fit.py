@@ -2,7 +2,7 @@
 a checkpoint stood, and stop at a step every process agrees on when a signal asks.
 
 `EpochLoop` holds what the loop shares between its steps (the run's state, its settings, the scheduler); the
-runner builds the model, data and optimizer and hands them over.
+runner builds the model, data and optimizer, prepares them and hands them over (`Training`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from accelerate.utils import ProfileKwargs
 from torch import nn
@@ -23,8 +24,7 @@ from .compiling import compile_counts, compile_note
 from .config import TrainConfig
 from .data.inputs import Inputs
 from .ema import ModelEMA, ema_decay
-from .engine import (EpochPlan, Normalizer, StepLogger, StepOptions, Trainee, evaluate, normalised_batches,
-                     train_one_epoch)
+from .engine import EpochPlan, StepLogger, StepOptions, Trainee, evaluate, normalised_batches, train_one_epoch
 from .finetune import Freezing
 from .hub import BackgroundPusher
 from .launch import assert_processes_agree, synchronize
@@ -73,43 +73,58 @@ def _profiler(cfg: TrainConfig, accelerator, output_dir: Path, first: bool):
     return accelerator.profile(handler)
 
 
+@dataclass(frozen=True)
+class Training:
+    """What a run trains, prepared by the runner (`accelerator.prepare`)."""
+    model: nn.Module
+    optimizer: Any
+    train_loader: Any
+    val_loader: Any
+    batch_input: Callable
+    """What a loader's batch goes through before the model: the normalisation, or nothing once the model does it
+    itself (--compile)."""
+    freezing: Optional[Freezing] = None
+
+
 class EpochLoop:
     """One run's epochs, from its start (or the checkpoint it resumes) to its last; `results` is updated in place
     and written after every epoch."""
 
-    def __init__(self, cfg: TrainConfig, accelerator, model, optimizer, train_loader, val_loader,
-                 normalize: Normalizer, inputs: Inputs, model_config: ModelConfig, results: RunResults,
-                 log: Callable[[str], None], pusher: Optional[BackgroundPusher] = None, freezing: Optional[Freezing] = None,
+    def __init__(self, cfg: TrainConfig, accelerator, training: Training, *, inputs: Inputs, model_config: ModelConfig,
+                 results: RunResults, log: Callable[[str], None], resume_dir: Optional[Path] = None,
                  stop: Optional[StopAgreement] = None):
-        self.cfg, self.accelerator, self.model, self.optimizer = cfg, accelerator, model, optimizer
-        self.train_loader, self.val_loader, self.normalize, self.inputs = train_loader, val_loader, normalize, inputs
-        self.model_config, self.results, self.log, self.pusher, self.stop = model_config, results, log, pusher, stop
+        self.cfg, self.accelerator, self.inputs, self.resume_dir = cfg, accelerator, inputs, resume_dir
+        self.model, self.optimizer, self.normalize = training.model, training.optimizer, training.batch_input
+        self.train_loader, self.val_loader = training.train_loader, training.val_loader
+        self.model_config, self.results, self.log, self.stop = model_config, results, log, stop
+        self.exported = model_config
+        """config.json of the weights last exported (the model's, or its EMA's)."""
         self.output_dir = Path(cfg.output_dir)
         self.checkpoints = self.output_dir / "checkpoints"
-        self.steps_per_epoch = len(train_loader) // cfg.grad_accum
-        self.scheduler = run_scheduler(cfg, optimizer, self.steps_per_epoch)
+        self.steps_per_epoch = len(self.train_loader) // cfg.grad_accum
+        self.scheduler = run_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.settings = RunSettings(
             per_process_batch=cfg.batch_size, processes=accelerator.num_processes, grad_accum=cfg.grad_accum,
             seed=cfg.seed, train_images=inputs.train_images, data_fingerprint=inputs.data_fingerprint,
-            steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, lr=optimizer.defaults["lr"],
+            steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, lr=self.optimizer.defaults["lr"],
             lr_scheduler=cfg.lr_scheduler, lr_update=cfg.lr_update, warmup_epochs=cfg.warmup_epochs,
             recipe=cfg.recipe, arch=cfg.arch)
-        self.options = step_options(cfg, accelerator, model, model_config.num_classes, freezing)
+        self.options = step_options(cfg, accelerator, self.model, model_config.num_classes, training.freezing)
         if self.options.ema is not None:
             accelerator.register_for_checkpointing(self.options.ema)  # before load_state: the average resumes too
         self.state = self._start()  # during an epoch, state.epoch is that epoch (it moves on when the epoch ends)
 
     def _start(self) -> RunState:
         """Where training starts: a fresh run, the checkpoint --resume names, or --start-epoch."""
-        cfg, state = self.cfg, RunState()
-        if cfg.resume:
+        cfg, state, resume = self.cfg, RunState(), self.resume_dir
+        if resume:
             planned_base_lrs = list(self.scheduler.base_lrs)  # a checkpoint's scheduler brings the lr it was saved with
-            saved_state = ckpt.read_trainer_state(cfg.resume)
+            saved_state = ckpt.read_trainer_state(resume)
             saved = RunSettings.from_dict(saved_state.get("settings"))
-            changed = check_resume(cfg.resume, saved, self.settings, mid_epoch=saved_state.get("step_in_epoch", 0) > 0,
+            changed = check_resume(str(resume), saved, self.settings, mid_epoch=saved_state.get("step_in_epoch", 0) > 0,
                                    epoch_checkpoint=ckpt.newest_epoch_checkpoint(self.output_dir))
-            state = ckpt.load_training_state(self.accelerator, Path(cfg.resume), self.model, self.scheduler)
-            self.log(f"resumed from {cfg.resume}: epoch {state.epoch + 1}, step {state.step_in_epoch} of "
+            state = ckpt.load_training_state(self.accelerator, resume, self.model, self.scheduler)
+            self.log(f"resumed from {resume}: epoch {state.epoch + 1}, step {state.step_in_epoch} of "
                      f"{self.steps_per_epoch} ({state.global_step} optimizer steps done)")
             if changed:
                 self.log("note: " + replan_schedule(self.scheduler, planned_base_lrs, saved, self.settings, changed,
@@ -122,7 +137,7 @@ class EpochLoop:
         return state
 
     def _save(self, state: RunState) -> Path:
-        extra = {"scheduler": self.scheduler.state_dict(), "model": self.model_config.to_dict(),
+        extra = {"scheduler": self.scheduler.state_dict(), "model": self.exported.to_dict(),
                  "settings": self.settings.to_dict(),
                  **self.inputs.checkpoint_record()}
         return ckpt.save_training_state(self.accelerator, self.checkpoints, state, extra, keep=self.cfg.keep_checkpoints)
@@ -141,10 +156,11 @@ class EpochLoop:
         self.results.update(status="preempted", steps=step,
                             stopped={"signal": signal_name, "step": step, "checkpoint": str(saved)})
         if self.accelerator.is_main_process:
-            write_reports(self.output_dir, self.results, self.model_config)
+            write_reports(self.output_dir, self.results, self.exported)
         return Preempted(signal_name, step, str(saved))
 
-    def run(self) -> None:
+    def run(self, pusher: Optional[BackgroundPusher] = None) -> None:
+        """The epochs; `pusher` uploads the folder after every epoch (--hub-strategy every_save)."""
         cfg, accelerator, state = self.cfg, self.accelerator, self.state
         meter = ThroughputMeter(lambda: synchronize(accelerator.device))
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # takes mixup's soft targets too
@@ -160,13 +176,13 @@ class EpochLoop:
                 break
             first = state.step_in_epoch if epoch == start_epoch else 0
             loader = self.inputs.epoch_loader(accelerator, self.train_loader, epoch, first * cfg.grad_accum)
-            plan = EpochPlan(epoch, cfg.epochs, min(self.steps_per_epoch - first, remaining), cfg.print_freq, first,
-                             state.global_step, recipe=cfg.recipe)
+            plan = EpochPlan(epoch, cfg.epochs, min(self.steps_per_epoch - first, remaining), cfg.print_freq,
+                             first_step=first, global_step=state.global_step, recipe=cfg.recipe)
             with _profiler(cfg, accelerator, self.output_dir, first=epoch == start_epoch) as profiler:
                 batches = normalised_batches(loader, self.inputs.train_prepare, self.normalize)
                 logger = StepLogger(accelerator, plan, meter, self.log, progress)
-                stats = train_one_epoch(trainee, batches, accelerator, plan, logger, self.options, self._after_step,
-                                        profiler)
+                stats = train_one_epoch(trainee, batches, accelerator, plan, logger, options=self.options,
+                                        after_step=self._after_step, profiler=profiler)
             state.global_step += stats["steps"]
             skipped += stats["skipped_steps"]
             finished = first + stats["steps"] == self.steps_per_epoch
@@ -174,16 +190,17 @@ class EpochLoop:
             if stats["stopped"]:
                 raise self._preempted(self._save(state))
             metrics, use_ema = self._evaluate()
+            self.exported = self.model_config.exported_as("ema" if use_ema else "model")
             state.best_acc1 = max(state.best_acc1, metrics["acc1"])
             saved = self._save(state)
             ckpt.export_model(accelerator, self.options.ema.module if use_ema else self.model, self.output_dir,
-                              self.model_config.to_dict())
+                              self.exported.to_dict())
             self.results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], best_acc1=state.best_acc1,
                                 val_images=metrics["count"], val_loss=metrics["loss"], train_loss=stats["loss"],
                                 fps=meter.fps, epochs=epoch + 1, steps=state.global_step,
                                 bad_images=stats["bad_images"] + metrics["bad_images"], fp16_skipped_steps=skipped,
                                 train_seconds=round(time.time() - started, 1),
-                                exported_weights=self.model_config.weights)
+                                exported_weights=self.exported.weights)
             ema_figures = {k: v for k, v in metrics.items() if k.startswith("ema_")}
             compiled = compile_counts() if cfg.compile else {}
             if compiled:
@@ -200,9 +217,9 @@ class EpochLoop:
                 self.log(f"{stats['bad_images']} unreadable training and {metrics['bad_images']} validation image(s) "
                          "skipped this epoch (python -m vgg16.check_data lists them)")
             if accelerator.is_main_process:
-                write_reports(self.output_dir, self.results, self.model_config)
-                if self.pusher is not None:  # --hub-strategy every_save: the copy is the only wait
-                    self.pusher.submit(self.output_dir, f"epoch {epoch + 1}")
+                write_reports(self.output_dir, self.results, self.exported)
+                if pusher is not None:  # --hub-strategy every_save: the copy is the only wait
+                    pusher.submit(self.output_dir, f"epoch {epoch + 1}")
             # A signal during the epoch's last step or its evaluation: that epoch is complete and saved; stop here.
             if epoch + 1 < cfg.epochs and self.stop is not None and self.stop.stop_now():
                 raise self._preempted(saved)
@@ -219,5 +236,4 @@ class EpochLoop:
             self.log(f"validation (EMA): acc1 {ema['acc1']:.3f}  acc5 {ema['acc5']:.3f}")
             use_ema = ema["acc1"] > metrics["acc1"]
             metrics = {**metrics, "ema_acc1": ema["acc1"], "ema_acc5": ema["acc5"]}
-        self.model_config.weights = "ema" if use_ema else "model"
         return metrics, use_ema

@@ -117,9 +117,6 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:
         raise UsageError("--compile: torch.compile is not supported for NPU training: drop it")
     if cfg.gpu_decode and accelerator.device.type != "cuda":
         raise UsageError(f"--gpu-decode uses nvJPEG on NVIDIA GPUs; this run is on {accelerator.device.type}: drop it")
-    if cfg.loss_scale is not None and accelerator.mixed_precision != "fp16":
-        raise UsageError(f"--loss-scale applies to fp16, but this run uses {accelerator.mixed_precision}: "
-                         "add --mixed-precision fp16 (or --amp), or drop --loss-scale")
     if accelerator.device.type == "npu" and accelerator.mixed_precision == "bf16":
         # Accelerate accepts bf16 on any NPU, but the 910A family has no bf16 units. torch.npu exists once
         # Accelerate has imported torch_npu; naming the chip needs this one device-specific call.
@@ -174,6 +171,15 @@ def device_name(accelerator: Accelerator) -> str:
     if accelerator.device.type != "cpu" and hasattr(module, "get_device_name"):
         return module.get_device_name(accelerator.device)
     return "CPU"
+
+
+def launch_facts(accelerator: Accelerator) -> dict:
+    """What results.json says of the launch: processes, precision, device and the versions that ran it."""
+    import accelerate
+
+    return {"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+            "device": accelerator.device.type, "device_name": device_name(accelerator), "torch": torch.__version__,
+            "accelerate": accelerate.__version__}
 
 
 def default_workers(requested, num_processes: int) -> int:

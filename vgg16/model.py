@@ -5,14 +5,18 @@ No Accelerate here: a model is a plain `nn.Module` whose state_dict uses torchvi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Optional
 
 from torch import nn
 from torchvision import models
 
 from .data.pipeline import IMAGENET_MEAN, IMAGENET_STD, eval_sizes
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .weights import Weights
 
 # Below this input size the five max-pools leave at most a 1x1 map, and torchvision's head (7x7x512 -> 4096)
 # would spend 119M of VGG16's 134M parameters on upsampled copies of one pixel.
@@ -78,7 +82,7 @@ def check_state_dict(model: nn.Module, state_dict: dict, source: str) -> None:
                              f"expected {tuple(tensor.shape)}; check --arch and --image-size")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """A model folder's config.json (before `with_timm_fields` adds timm's keys): what vgg16.hub, predict and a
     torchvision or timm user need to rebuild the model and feed it."""
@@ -103,6 +107,24 @@ class ModelConfig:
     base_model: Optional[str] = None
     frozen: Optional[str] = None
     backbone_lr_scale: Optional[float] = None
+
+    @classmethod
+    def for_run(cls, cfg: "TrainConfig", *, class_names: list, weights: Optional["Weights"] = None,
+                started_from: Optional[str] = None, frozen: Optional[str] = None) -> "ModelConfig":
+        """The config.json of the model a run trains: its options, its data's classes, the input its starting
+        weights expect (ImageNet's mean and std without them)."""
+        return cls(arch=cfg.arch, num_classes=len(class_names), image_size=cfg.image_size,
+                   head=head_for(cfg.image_size), dropout=cfg.dropout, class_names=list(class_names),
+                   mean=list(weights.mean if weights else IMAGENET_MEAN), std=list(weights.std if weights else IMAGENET_STD),
+                   val_resize_size=cfg.val_resize_size, val_crop_size=cfg.val_crop_size,
+                   interpolation=cfg.interpolation, recipe=cfg.recipe,
+                   pretrained=weights.source if weights else None, started_from=started_from,
+                   base_model=weights.hub_id if weights else None, frozen=frozen,
+                   backbone_lr_scale=cfg.backbone_lr_scale if cfg.backbone_lr_scale != 1.0 else None)
+
+    def exported_as(self, weights: Optional[str]) -> "ModelConfig":
+        """This config for the weights exported: the model's, or its EMA's ("ema")."""
+        return replace(self, weights=weights or "model")
 
     def to_dict(self) -> dict:
         """The keys that are set (a run from scratch has no pretrained, frozen, ... keys)."""

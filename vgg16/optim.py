@@ -55,7 +55,7 @@ def use_fused(device_type: str, mixed_precision: str) -> bool:
 
 def build_optimizer(model: nn.Module, *, opt: str = "sgd", lr: float, momentum: float, weight_decay: float,
                     norm_weight_decay: Optional[float] = None, bias_weight_decay: Optional[float] = None,
-                    nesterov: bool = False, fused: bool = False, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+                    fused: bool = False, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """torchvision's --opt choices with its settings (RMSprop eps 0.0316 and alpha 0.9, as it trains).
 
     fused: one kernel for the whole update on CUDA (SGD, AdamW); otherwise torch picks the multi-tensor path.
@@ -63,10 +63,8 @@ def build_optimizer(model: nn.Module, *, opt: str = "sgd", lr: float, momentum: 
     groups = parameter_groups(model, weight_decay, norm_weight_decay, bias_weight_decay,
                               backbone_lr=lr * backbone_lr_scale if backbone_lr_scale != 1.0 else None)
     if opt in ("sgd", "sgd_nesterov"):
-        nesterov = nesterov or opt == "sgd_nesterov"
-        if nesterov and momentum <= 0:
-            raise UsageError("Nesterov SGD needs --momentum above 0")
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+        # Nesterov with momentum 0 is refused by the config's rules (config.check_rules), before any model is built.
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=opt == "sgd_nesterov",
                                fused=fused or None)
     if opt == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)

@@ -92,6 +92,10 @@ RECIPES = {
 }
 
 
+# Options some recipe sets: their defaults are the recipe's (for the architecture the run trains), not a fixed one.
+RECIPE_OPTIONS = frozenset(["arch", *_COMMON])
+
+
 def recipe_value(recipe: str, option: str, arch: str | None = None):
     """The value `recipe` gives `option` (for `arch`, when the value depends on it)."""
     if recipe not in RECIPES:

@@ -11,7 +11,10 @@ import json
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 @dataclass
@@ -67,6 +70,20 @@ class RunResults:
     compiled_graphs: Optional[int] = None
     """--compile: graphs torch.compile compiled in the main process (training's, validation's, its last batch's)."""
     graph_breaks: Optional[int] = None
+
+    @classmethod
+    def start(cls, cfg: "TrainConfig", *, dataset: str, num_classes: int, train_images: int, launch: dict, lr: float,
+              pretrained: Optional[str], command: str) -> "RunResults":
+        """results.json at a run's start: the run as resolved; `launch` is vgg16.launch.launch_facts' (the
+        processes, precision, device and versions)."""
+        from .model import head_for
+
+        global_batch = cfg.batch_size * launch["num_processes"] * cfg.grad_accum
+        return cls(arch=cfg.arch, dataset=dataset, image_size=cfg.image_size, head=head_for(cfg.image_size),
+                   num_classes=num_classes,
+                   train_images=train_images, global_batch_size=global_batch, per_process_batch_size=cfg.batch_size,
+                   grad_accum=cfg.grad_accum, lr=lr, base_lr=cfg.lr, lr_scaled_by_batch=cfg.lr_scale_by_batch,
+                   seed=cfg.seed, recipe=cfg.recipe, pretrained=pretrained, command=command, **launch)
 
     def update(self, **values) -> None:
         unknown = set(values) - {f.name for f in fields(self)}

@@ -25,7 +25,7 @@ from huggingface_hub import is_offline_mode
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .config import default_val_resize
+from .config import INTERPOLATIONS, default_val_resize
 from .data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UsageError
 
@@ -48,6 +48,8 @@ class Weights:
     crop: Optional[int] = None
     """The evaluation crop the weights were made for (None: not known, e.g. a bare safetensors file)."""
     resize: Optional[int] = None
+    interpolation: Optional[str] = None
+    """The resize interpolation of the weights' evaluation transform, where they say (bilinear, bicubic)."""
     class_names: Optional[list] = None
     """The classes, where the weights say (torchvision's categories, our config's class_names, timm's label_names)."""
     features_only: bool = False
@@ -131,11 +133,12 @@ def _from_torchvision(member) -> Weights:
     transform = member.transforms()
     acc1 = member.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
     features_only = member.meta.get("categories") is None
-    return Weights(
-        torchvision_keys(state), f"{label} ({name}" + (f", ImageNet top-1 {acc1}" if acc1 and not math.isnan(acc1) else "")
-        + (", features only" if features_only else "") + ")",
-        infer_arch(state), tuple(transform.mean), tuple(transform.std), transform.crop_size[0],
-        transform.resize_size[0], member.meta.get("categories"), features_only)
+    source = (f"{label} ({name}" + (f", ImageNet top-1 {acc1}" if acc1 and not math.isnan(acc1) else "")
+              + (", features only" if features_only else "") + ")")
+    return Weights(torchvision_keys(state), source, infer_arch(state), mean=tuple(transform.mean),
+                   std=tuple(transform.std), crop=transform.crop_size[0], resize=transform.resize_size[0],
+                   interpolation=transform.interpolation.value, class_names=member.meta.get("categories"),
+                   features_only=features_only)
 
 
 def _read_pickled(path: Path, spec: str) -> dict:
@@ -196,7 +199,9 @@ def _input_of(config: dict) -> dict:
     timm_cfg = config.get("pretrained_cfg") or {}
     out = {"mean": tuple(config.get("mean") or timm_cfg.get("mean") or IMAGENET_MEAN),
            "std": tuple(config.get("std") or timm_cfg.get("std") or IMAGENET_STD),
-           "class_names": config.get("class_names") or config.get("label_names")}
+           "class_names": config.get("class_names") or config.get("label_names"),
+           "interpolation": next((i for i in (config.get("interpolation"), timm_cfg.get("interpolation"))
+                                  if i in INTERPOLATIONS), None)}
     crop = config.get("val_crop_size") or (timm_cfg.get("input_size") or [None])[-1]
     if config.get("head", "imagenet") == "imagenet" and crop:
         resize = config.get("val_resize_size") or (round(crop / timm_cfg["crop_pct"]) if timm_cfg.get("crop_pct")

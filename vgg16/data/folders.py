@@ -32,7 +32,7 @@ def _inside(real: str, roots: list) -> bool:
     return any(real == r or real.startswith(r + os.sep) for r in roots)
 
 
-def _walk_images(top: str, real_top: str, ancestors: frozenset, through_link: bool, other_classes: list,
+def _walk_images(top: str, real_top: str, *, ancestors: frozenset, through_link: bool, other_classes: list,
                  found: list, skipped: dict) -> None:
     """Append (path, real path, reached through a link) for the images under `top`, in os.walk's order (a folder's
     files sorted, then its sub-folders sorted). Links are followed, except into a folder already on the current
@@ -58,7 +58,8 @@ def _walk_images(top: str, real_top: str, ancestors: frozenset, through_link: bo
         elif _inside(real, other_classes):
             skipped["other class"].append(e.path)
         else:
-            _walk_images(e.path, real, ancestors | {real}, through_link or link, other_classes, found, skipped)
+            _walk_images(e.path, real, ancestors=ancestors | {real}, through_link=through_link or link,
+                         other_classes=other_classes, found=found, skipped=skipped)
 
 
 def scan_class_folder(root: Path) -> FolderScan:
@@ -76,8 +77,8 @@ def scan_class_folder(root: Path) -> FolderScan:
     for label, name in enumerate(classes):
         found: list = []
         others = [r for i, r in enumerate(real_roots) if i != label and not _inside(real_roots[label], [r])]
-        _walk_images(str(root / name), real_roots[label], frozenset({real_roots[label]}), False, others, found,
-                     skipped)
+        _walk_images(str(root / name), real_roots[label], ancestors=frozenset({real_roots[label]}), through_link=False,
+                     other_classes=others, found=found, skipped=skipped)
         plain = {real for _, real, via_link in found if not via_link}
         kept = 0
         for path, real, via_link in found:

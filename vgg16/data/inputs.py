@@ -1,6 +1,8 @@
-"""A run's inputs: the data source -> transforms -> the train and validation loaders, and how each epoch starts.
+"""A run's inputs: the data source (`load_data`) -> transforms -> the train and validation loaders (`build_inputs`),
+and how each epoch starts. The model is not theirs: the runner prepares it.
 
-Two classes behind one interface (`Inputs`: prepare, epoch_loader, checkpoint_record):
+The source is loaded before the config is resolved: whether its images are CIFAR-sized decides the default sizes.
+Two classes behind one interface (`Inputs`: prepared_loaders, epoch_loader, checkpoint_record):
 - `MapInputs` (every source but --streaming): a `datasets.Dataset` indexed by a shuffled DataLoader that
   `accelerator.prepare` shards; a mid-epoch resume skips batches with `accelerator.skip_first_batches`.
 - `StreamInputs` (--streaming, vgg16/data/streaming.py): each process streams its own equal span; the loaders are NOT passed
@@ -22,14 +24,13 @@ from .pipeline import (AugmentedDataset, RepeatedAugmentation, SyntheticImages, 
                    train_transform)
 from .decoding import decoding_for
 from ..errors import UsageError
-from ..launch import default_workers
 from ..model import head_for
 from .shards import load_parquet_source, open_parquet
-from .sources import first_image_is_small, load_source
+from .sources import ImageData, first_image_is_small, load_source
 from .streaming import ParquetStream, StreamPlan, stream_loader, train_batches, val_batches
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inputs:
     """What a run needs of its data, whichever way it is read (`MapInputs`, `StreamInputs`)."""
     train_loader: DataLoader
@@ -41,24 +42,18 @@ class Inputs:
     val_images: int
     class_names: list
     name: str
-    sizes: tuple
-    """(train crop, validation resize, validation crop)."""
-    workers: int
     notes: tuple = ()
     data_fingerprint: str = ""
     """Which training data this is, for a resume to tell (datasets' fingerprint, or a stream's files and rows)."""
 
-    def prepare(self, accelerator, model, optimizer=None, *, train: bool = True) -> tuple:
-        """(model, optimizer, train loader, validation loader) after `accelerator.prepare`; the optimizer is None
-        when none is given, the train loader None when not `train` (evaluation only)."""
-        objects = [model] + ([optimizer] if optimizer is not None else [])
+    def prepared_loaders(self, accelerator, *, train: bool = True) -> tuple:
+        """(train loader, validation loader) as the run iterates them; the train loader is None when not `train`
+        (evaluation only)."""
         loaders = [self.train_loader, self.val_loader] if train else [self.val_loader]
-        prepared = self._prepare(accelerator, objects, loaders)
-        model = prepared.pop(0)
-        optimizer = prepared.pop(0) if optimizer is not None else None
-        return model, optimizer, prepared.pop(0) if train else None, prepared.pop(0)
+        prepared = self._prepare(accelerator, loaders)
+        return (prepared[0], prepared[1]) if train else (None, prepared[0])
 
-    def _prepare(self, accelerator, objects: list, loaders: list) -> list:
+    def _prepare(self, accelerator, loaders: list) -> list:
         raise NotImplementedError
 
     def epoch_loader(self, accelerator, loader, epoch: int, skip_batches: int):
@@ -74,16 +69,15 @@ def _as_list(prepared) -> list:
     return list(prepared) if isinstance(prepared, tuple) else [prepared]
 
 
-@dataclass
+@dataclass(frozen=True)
 class MapInputs(Inputs):
     """A `datasets.Dataset` indexed by a shuffled DataLoader that `accelerator.prepare` shards."""
     loaders_on_device: bool = True
     """Whether `accelerator.prepare` should move the loaders' batches (False with --gpu-decode)."""
     ra_sampler: Optional[RepeatedAugmentation] = None
 
-    def _prepare(self, accelerator, objects: list, loaders: list) -> list:
-        placement = [True] * len(objects) + [self.loaders_on_device] * len(loaders)
-        return _as_list(accelerator.prepare(*objects, *loaders, device_placement=placement))
+    def _prepare(self, accelerator, loaders: list) -> list:
+        return _as_list(accelerator.prepare(*loaders, device_placement=[self.loaders_on_device] * len(loaders)))
 
     def epoch_loader(self, accelerator, loader, epoch: int, skip_batches: int):
         loader.dataset.set_epoch(epoch)  # augmentation seeds
@@ -94,14 +88,14 @@ class MapInputs(Inputs):
         return accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamInputs(Inputs):
     """Parquet row groups streamed by each process (--streaming); the loaders are not prepared (see the top)."""
     stream_record: dict = field(default_factory=dict)
     """{'streams', 'processes'}: the order of an epoch depends on them."""
 
-    def _prepare(self, accelerator, objects: list, loaders: list) -> list:
-        return _as_list(accelerator.prepare(*objects)) + loaders
+    def _prepare(self, accelerator, loaders: list) -> list:
+        return loaders
 
     def epoch_loader(self, accelerator, loader, epoch: int, skip_batches: int):
         loader.dataset.set_epoch(epoch, skip_batches)
@@ -111,54 +105,71 @@ class StreamInputs(Inputs):
         return {"streaming": self.stream_record}
 
 
-def _transforms(cfg: TrainConfig, sizes: tuple) -> tuple:
-    train = train_transform(image_size=sizes[0], small=head_for(sizes[0]) == "small", hflip=cfg.hflip,
+def _transforms(cfg: TrainConfig) -> tuple:
+    train = train_transform(image_size=cfg.image_size, small=head_for(cfg.image_size) == "small", hflip=cfg.hflip,
                             auto_augment=cfg.auto_augment, ra_magnitude=cfg.ra_magnitude,
                             augmix_severity=cfg.augmix_severity, random_erase=cfg.random_erase,
                             interpolation=cfg.interpolation)
-    return train, eval_transform(resize_size=sizes[1], crop_size=sizes[2], interpolation=cfg.interpolation)
+    return train, eval_transform(resize_size=cfg.val_resize_size, crop_size=cfg.val_crop_size,
+                                 interpolation=cfg.interpolation)
 
 
-def build_inputs(cfg: TrainConfig, accelerator, stream_state: Optional[dict] = None,
-                 weights_sizes: Optional[tuple] = None) -> Inputs:
-    """stream_state: the `streaming` record of the checkpoint a --streaming run resumes from. weights_sizes: the
-    sizes the starting weights were made for (TrainConfig.resolve_sizes)."""
-    workers = default_workers(cfg.workers, accelerator.num_processes)
-    if cfg.streaming:
-        return _stream_inputs(cfg, accelerator, workers, stream_state, weights_sizes)
+def load_data(cfg: TrainConfig, accelerator) -> ImageData:
+    """The run's data before any transform: its splits (a `datasets.Dataset` each, or a `ParquetSplit` each with
+    --streaming, or none for --dataset synthetic), classes and whether its images are CIFAR-sized. Only the data
+    options of `cfg` are read, none of which the recipe or the facts change."""
     if cfg.dataset == "synthetic":
-        sizes = cfg.resolve_sizes(small_images=False, weights_sizes=weights_sizes)
-        classes = [str(i) for i in range(cfg.num_classes or 1000)]
-        per_step = cfg.batch_size * accelerator.num_processes
-        train = SyntheticImages(100 * per_step * cfg.grad_accum, image_size=sizes[0], num_classes=len(classes), seed=cfg.seed)
-        val = SyntheticImages(4 * per_step, image_size=sizes[2], num_classes=len(classes), seed=cfg.seed + 1)
-        name, notes, fingerprint = "synthetic", (), f"synthetic {len(train)} seed {cfg.seed}"
+        return ImageData("synthetic", None, None, [str(i) for i in range(cfg.num_classes)], small_images=False)
+    if cfg.streaming:
+        source = _shared_parquet_source(cfg.data, accelerator)
+        data = ImageData(source.name, source.train, source.val, list(source.train.class_names),
+                         small_images=_first_image_is_small(source.train))
     else:
         with accelerator.main_process_first():  # datasets' cache is written once, then read by the others
-            source = load_source(cfg.data, cfg.seed)
-        _check_num_classes(cfg, source.name, source.class_names)
-        classes, name, notes = source.class_names, source.name, source.notes
-        fingerprint = source.train._fingerprint  # a hash of the split's rows or files, stable across runs
-        sizes = cfg.resolve_sizes(source.small_images, weights_sizes)
-        train_tf, val_tf = _transforms(cfg, sizes)
-        train = AugmentedDataset(source.train, train_tf, cfg.seed, strict=cfg.strict_data)
-        val = AugmentedDataset(source.val, val_tf, cfg.seed, strict=cfg.strict_data)
+            data = load_source(cfg.data, cfg.seed)
+    _check_num_classes(cfg, data.name, data.class_names)
+    return data
+
+
+def _check_one_global_batch(cfg: TrainConfig, images: int, batches: int, processes: int) -> None:
+    """Training needs at least one optimizer step per epoch."""
+    if not cfg.evaluate and batches < 1:
+        raise UsageError(f"the training set has {images} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {processes} processes x {cfg.grad_accum}): lower --batch-size")
+
+
+def build_inputs(cfg: TrainConfig, data: ImageData, accelerator, stream_state: Optional[dict] = None) -> Inputs:
+    """The loaders of `data` for the run `cfg` describes. stream_state: the `streaming` record of the checkpoint a
+    --streaming run resumes from."""
+    if cfg.streaming:
+        return _stream_inputs(cfg, data, accelerator, stream_state)
+    if cfg.dataset == "synthetic":
+        per_step = cfg.batch_size * accelerator.num_processes
+        train = SyntheticImages(100 * per_step * cfg.grad_accum, image_size=cfg.image_size,
+                                num_classes=len(data.class_names), seed=cfg.seed)
+        val = SyntheticImages(4 * per_step, image_size=cfg.val_crop_size, num_classes=len(data.class_names),
+                              seed=cfg.seed + 1)
+        fingerprint = f"synthetic {len(train)} seed {cfg.seed}"
+    else:
+        fingerprint = data.train._fingerprint  # a hash of the split's rows or files, stable across runs
+        train_tf, val_tf = _transforms(cfg)
+        train = AugmentedDataset(data.train, train_tf, cfg.seed, strict=cfg.strict_data)
+        val = AugmentedDataset(data.val, val_tf, cfg.seed, strict=cfg.strict_data)
     # Where batches are decoded (loader workers, or the GPU with --gpu-decode) and how they reach the device.
     decoding = decoding_for(cfg.gpu_decode, accelerator.device)
     train_feed, val_feed = decoding.feed(train), decoding.feed(val)
     ra_sampler = RepeatedAugmentation(len(train), batch_size=cfg.batch_size, seed=cfg.seed, reps=cfg.ra_reps,
                                       num_processes=accelerator.num_processes) if cfg.ra_sampler else None
     train_loader, val_loader = build_loaders(train_feed.dataset, val_feed.dataset, batch_size=cfg.batch_size,
-                                             val_batch_size=cfg.val_batch_size or cfg.batch_size,
-                                             workers=workers, seed=cfg.seed, pin_memory=accelerator.device.type != "cpu",
+                                             val_batch_size=cfg.val_batch_size, workers=cfg.workers, seed=cfg.seed,
+                                             pin_memory=accelerator.device.type != "cpu",
                                              collate_fn=decoding.collate_fn, train_batch_sampler=ra_sampler)
-    if not cfg.evaluate and len(train_loader) < cfg.grad_accum * accelerator.num_processes:
-        raise UsageError(f"the training set has {len(train)} images, fewer than one global batch "
-                         f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}): "
-                         "lower --batch-size")
-    return MapInputs(train_loader, val_loader, train_feed.prepare, val_feed.prepare, len(train), len(val), classes,
-                     name, sizes, workers, notes, fingerprint, loaders_on_device=decoding.loader_on_device,
-                     ra_sampler=ra_sampler)
+    _check_one_global_batch(cfg, len(train), len(train_loader) // (cfg.grad_accum * accelerator.num_processes),
+                            accelerator.num_processes)
+    return MapInputs(train_loader=train_loader, val_loader=val_loader, train_prepare=train_feed.prepare,
+                     val_prepare=val_feed.prepare, train_images=len(train), val_images=len(val),
+                     class_names=data.class_names, name=data.name, notes=data.notes, data_fingerprint=fingerprint,
+                     loaders_on_device=decoding.loader_on_device, ra_sampler=ra_sampler)
 
 
 def _check_num_classes(cfg: TrainConfig, name: str, class_names) -> None:
@@ -197,15 +208,10 @@ def _shared_parquet_source(data: str, accelerator):
     return payload[0]
 
 
-def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Optional[dict],
-                   weights_sizes: Optional[tuple]) -> Inputs:
-    source = _shared_parquet_source(cfg.data, accelerator)
-    train_split, val_split = source.train, source.val
-    classes = list(train_split.class_names)
-    _check_num_classes(cfg, source.name, classes)
-    sizes = cfg.resolve_sizes(_first_image_is_small(train_split), weights_sizes)
-    train_tf, val_tf = _transforms(cfg, sizes)
-    n, rank = accelerator.num_processes, accelerator.process_index
+def _stream_inputs(cfg: TrainConfig, data: ImageData, accelerator, stream_state: Optional[dict]) -> Inputs:
+    train_split, val_split = data.train, data.val
+    train_tf, val_tf = _transforms(cfg)
+    n, rank, workers = accelerator.num_processes, accelerator.process_index, cfg.workers
     # The order of an epoch depends on the stream count: a resumed run keeps the one it began with, whatever
     # --workers says now (a different worker count still gives the same batches, with more reading if it does
     # not divide the stream count).
@@ -217,27 +223,29 @@ def _stream_inputs(cfg: TrainConfig, accelerator, workers: int, stream_state: Op
             notes.append(f"the stream keeps the {streams} part(s) per process it was started with: with {workers} "
                          f"loader workers (not a divisor) some row groups are read by more than one worker")
     nb = train_batches(train_split.num_rows, num_processes=n, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum)
-    if nb == 0:
-        raise UsageError(f"the training set has {train_split.num_rows} images, fewer than one global batch "
-                         f"({cfg.batch_size} x {n} processes x {cfg.grad_accum}): lower --batch-size")
-    train_plan = StreamPlan(n, rank, cfg.batch_size, nb, streams, cfg.shuffle_buffer, cfg.seed, train=True)
-    val_batch = cfg.val_batch_size or cfg.batch_size
-    val_plan = StreamPlan(n, rank, val_batch, val_batches(val_split.num_rows, num_processes=n, batch_size=val_batch),
-                          streams, 0, cfg.seed, train=False)
-    train = ParquetStream(train_split, train_tf, train_plan, strict=cfg.strict_data, image_shape=(3, sizes[0], sizes[0]))
-    val = ParquetStream(val_split, val_tf, val_plan, strict=cfg.strict_data, image_shape=(3, sizes[2], sizes[2]))
+    _check_one_global_batch(cfg, train_split.num_rows, nb, n)
+    train_plan = StreamPlan(num_processes=n, rank=rank, batch_size=cfg.batch_size, num_batches=nb, streams=streams,
+                            shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, train=True)
+    val_plan = StreamPlan(num_processes=n, rank=rank, batch_size=cfg.val_batch_size,
+                          num_batches=val_batches(val_split.num_rows, num_processes=n, batch_size=cfg.val_batch_size),
+                          streams=streams, shuffle_buffer=0, seed=cfg.seed, train=False)
+    train = ParquetStream(train_split, train_tf, train_plan, strict=cfg.strict_data,
+                          image_shape=(3, cfg.image_size, cfg.image_size))
+    val = ParquetStream(val_split, val_tf, val_plan, strict=cfg.strict_data,
+                        image_shape=(3, cfg.val_crop_size, cfg.val_crop_size))
     pin = accelerator.device.type != "cpu"
     left_out = train_split.num_rows - nb * cfg.batch_size * n
-    notes.append(f"streaming {source.name}: {train_split.num_rows} train rows in {len(train_split.piece_rows)} row "
+    notes.append(f"streaming {data.name}: {train_split.num_rows} train rows in {len(train_split.piece_rows)} row "
                  f"groups of {len(train_split.files)} files, {nb} batches per process per epoch"
                  + (f" ({left_out} rows left out of each epoch, different ones every epoch)" if left_out else "")
                  + f", shuffle buffer {cfg.shuffle_buffer} rows per "
                  f"process in {streams} part(s)")
     move = _to_device(accelerator.device)
-    return StreamInputs(stream_loader(train, workers=workers, seed=cfg.seed, pin_memory=pin),
-                        stream_loader(val, workers=workers, seed=cfg.seed, pin_memory=pin), move, move,
-                        train_split.num_rows, val_split.num_rows, classes, source.name, sizes, workers, tuple(notes),
-                        _stream_fingerprint(train_split.files, train_split.num_rows),
+    return StreamInputs(train_loader=stream_loader(train, workers=workers, seed=cfg.seed, pin_memory=pin),
+                        val_loader=stream_loader(val, workers=workers, seed=cfg.seed, pin_memory=pin),
+                        train_prepare=move, val_prepare=move, train_images=train_split.num_rows,
+                        val_images=val_split.num_rows, class_names=data.class_names, name=data.name,
+                        notes=tuple(notes), data_fingerprint=_stream_fingerprint(train_split.files, train_split.num_rows),
                         stream_record={"streams": streams, "processes": n})
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ..config import default_val_resize
-from ..errors import UsageError
+from ..errors import RunFailure
 from .batch_buffers import stack_images
 from .images import BAD_IMAGE_ERRORS
 from .reduced import SizedDecoder
@@ -77,8 +77,10 @@ def eval_sizes(config: dict) -> tuple[int, int]:
     return config.get("val_resize_size") or default_val_resize(crop, small), crop
 
 
-def eval_transform(*, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> v2.Compose:
-    """Resize the short side, centre crop (torchvision's ClassificationPresetEval)."""
+def eval_transform(*, resize_size: int, crop_size: int, interpolation: str) -> v2.Compose:
+    """Resize the short side, centre crop (torchvision's ClassificationPresetEval): validation, `predict` and the
+    feature extractor all take their evaluation transform from here, with the interpolation the model was trained
+    with (its config's, or its starting weights')."""
     mode = v2.InterpolationMode(interpolation)
     return v2.Compose([v2.Resize(resize_size, interpolation=mode, antialias=True), v2.CenterCrop(crop_size),
                        v2.PILToTensor()])
@@ -97,7 +99,7 @@ def skip_unreadable(where: str, error: BaseException, *, strict: bool, reported:
     """An unreadable image: stop naming it with --strict-data, else warn once per process (or worker) and go on
     (the caller replaces it and counts it)."""
     if strict:
-        raise UsageError(f"unreadable image {where} ({error}); --strict-data stops at the first one "
+        raise RunFailure(f"unreadable image {where} ({error}); --strict-data stops at the first one "
                          "(without it, bad images are skipped and counted)") from None
     if where not in reported:
         reported.add(where)
@@ -173,7 +175,7 @@ class AugmentedDataset(Dataset):
                     skip_unreadable(describe(example["image"], i), e, strict=self.strict, reported=self._reported)
                     continue
                 return self.decoder.finish(decoded), example["label"], bad
-        raise UsageError(f"{MAX_REPLACEMENTS} unreadable images in a row from image #{index}: is the data intact? "
+        raise RunFailure(f"{MAX_REPLACEMENTS} unreadable images in a row from image #{index}: is the data intact? "
                          "(python -m vgg16.check_data --data ... lists them)")
 
 
@@ -244,27 +246,32 @@ def collate_samples(batch: list) -> list:
             *torch.utils.data.default_collate([sample[1:] for sample in batch])]
 
 
+def loader_settings(*, workers: int, seed: int, pin_memory: bool) -> dict:
+    """The DataLoader settings every loader of a run shares (these, the streams' included).
+
+    A generator of its own per loader: each new iterator draws its workers' base seed from it, and from the
+    global generator (which dropout uses) without one, which would shift dropout after a resume. Workers stay
+    between epochs and keep 4 batches each in flight."""
+    settings = dict(num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
+    if workers > 0:
+        settings.update(persistent_workers=True, prefetch_factor=4)
+    return settings
+
+
 def build_loaders(train_set: Dataset, val_set: Dataset, *, batch_size: int, workers: int, seed: int,
                   pin_memory: bool, collate_fn=None, train_batch_sampler=None,
                   val_batch_size: Optional[int] = None) -> tuple[DataLoader, DataLoader]:
-    """Train: shuffled (a generator of its own, so the order depends on the seed alone), drop_last so every
+    """Train: shuffled (by its own generator, so the order depends on the seed alone), drop_last so every
     process runs the same number of steps; or batches from `train_batch_sampler` (repeated augmentation).
     Val: in order, nothing dropped; Accelerate pads the last batch across processes and `gather_for_metrics`
     removes the padding again."""
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                  collate_fn=collate_fn or collate_samples)
-    if workers > 0:
-        common["prefetch_factor"] = 4
+    common = dict(collate_fn=collate_fn or collate_samples)
     if train_batch_sampler is not None:
-        # A generator of its own here too: each new iterator draws its workers' base seed from it, and from the
-        # global generator (which dropout uses) without it, which would shift dropout after a resume.
-        train = DataLoader(train_set, batch_sampler=train_batch_sampler, generator=torch.Generator().manual_seed(seed),
-                           **common)
+        train = DataLoader(train_set, batch_sampler=train_batch_sampler,
+                           **common, **loader_settings(workers=workers, seed=seed, pin_memory=pin_memory))
     else:
         train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
-                           generator=torch.Generator().manual_seed(seed), **common)
-    # A generator for validation too: every new iterator draws a seed, and from the global generator that would
-    # shift dropout after a run stopped mid-epoch (--stop-step-num: evaluated, then saved) is resumed.
+                           **common, **loader_settings(workers=workers, seed=seed, pin_memory=pin_memory))
     val = DataLoader(val_set, batch_size=val_batch_size or batch_size, shuffle=False, drop_last=False,
-                     generator=torch.Generator().manual_seed(seed), **common)
+                     **common, **loader_settings(workers=workers, seed=seed, pin_memory=pin_memory))
     return train, val

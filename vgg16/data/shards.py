@@ -97,8 +97,9 @@ def scan_split(files: list, where: str, class_names: Optional[tuple] = None) -> 
     image_column, label_column = image_and_label_columns(features, list(features), where)
     if class_names is None:
         class_names = _class_names(features, label_column, files, where)
-    return ParquetSplit(tuple(files), np.array(piece_file, dtype=np.int64), np.array(piece_group, dtype=np.int64),
-                        np.array(piece_rows, dtype=np.int64), image_column, label_column, tuple(class_names))
+    return ParquetSplit(files=tuple(files), piece_file=np.array(piece_file, dtype=np.int64),
+                        piece_group=np.array(piece_group, dtype=np.int64), piece_rows=np.array(piece_rows, dtype=np.int64),
+                        image_column=image_column, label_column=label_column, class_names=tuple(class_names))
 
 
 def split_files(data: str) -> dict:

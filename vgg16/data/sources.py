@@ -13,7 +13,7 @@ import pickle
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import datasets
 import numpy as np
@@ -31,8 +31,9 @@ class ImageData:
     """Train/validation splits and what was learned about them while loading."""
 
     name: str
-    train: datasets.Dataset
-    val: datasets.Dataset
+    train: Any
+    """A `datasets.Dataset`; a `ParquetSplit` with --streaming (data/inputs.py); None for --dataset synthetic."""
+    val: Any
     class_names: list
     small_images: bool
     """True when the source's images are below 64 px (CIFAR, digits): the default size becomes 32."""
@@ -106,7 +107,8 @@ def load_image_folder(root: Path, seed: int = 0) -> ImageData:
     val_scan = scan_class_folder(val_dir)
     _check_same_classes(classes, val_scan.classes, str(root))
     val = datasets.Dataset.from_dict({"image": val_scan.images, "label": val_scan.labels}, features=features)
-    return ImageData(root.name, train, val, classes, _first_image_is_small(train), (*train_scan.notes, *val_scan.notes))
+    return ImageData(root.name, train, val, classes, small_images=_first_image_is_small(train),
+                     notes=(*train_scan.notes, *val_scan.notes))
 
 
 # ---------------------------------------------------------------- CIFAR-10, python pickles
@@ -199,7 +201,7 @@ def _from_splits(name: str, splits: dict, where: str, seed: int) -> ImageData:
         val = _standardise(splits[val_name], where)
     classes = train.features["label"].names
     _check_same_classes(classes, val.features["label"].names, where)
-    return ImageData(name, train, val, classes, _first_image_is_small(train), notes)
+    return ImageData(name, train, val, classes, small_images=_first_image_is_small(train), notes=notes)
 
 
 def load_parquet_folder(folder: Path, seed: int) -> ImageData:

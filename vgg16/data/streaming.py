@@ -31,9 +31,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .images import BAD_IMAGE_ERRORS
-from .pipeline import sample_seed, seeded, skip_unreadable, stack_images
+from .pipeline import loader_settings, sample_seed, seeded, skip_unreadable, stack_images
 from .reduced import SizedDecoder
-from ..errors import UsageError
+from ..errors import RunFailure
 from .shards import ParquetSplit, open_parquet
 
 PAD = -1
@@ -141,7 +141,7 @@ class _RowReader:
                 self.files[f] = open_parquet(split.files[f])
             table = self.files[f].read_row_group(group, columns=[split.image_column, split.label_column])
         except (OSError, ValueError) as e:  # a vanished or damaged file, a lost connection (pyarrow: ArrowInvalid)
-            raise UsageError(f"could not read row group {group} of {split.files[f]} "
+            raise RunFailure(f"could not read row group {group} of {split.files[f]} "
                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); the run "
                              "stops here: --resume auto continues from the newest checkpoint") from None
         first = int(self.starts[piece])
@@ -215,7 +215,7 @@ class ParquetStream(IterableDataset):
             images.append(image)
         readable = [i for i, image in enumerate(images) if image is not None]
         if rows and not readable:
-            raise UsageError(f"all {len(rows)} images of a batch are unreadable ({reader.where(rows[0])} ...): is the "
+            raise RunFailure(f"all {len(rows)} images of a batch are unreadable ({reader.where(rows[0])} ...): is the "
                              "data intact? (python -m vgg16.check_data --data ... lists them)")
         labels, bad = [], []
         for i, row in enumerate(rows):
@@ -239,8 +239,4 @@ def stream_loader(dataset: ParquetStream, *, workers: int, seed: int, pin_memory
     """The DataLoader for a ParquetStream: batches come whole from the workers. Not for `accelerator.prepare`:
     Accelerate would shard the stream a second time, or read it all on process 0 and send it out
     (accelerate#3547)."""
-    extra = dict(prefetch_factor=4, persistent_workers=True) if workers > 0 else {}
-    # A generator of its own: each new iterator draws its workers' base seed from it, and from the global
-    # generator (which dropout uses) without one, which would shift dropout after a resume.
-    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(seed), **extra)
+    return DataLoader(dataset, batch_size=None, **loader_settings(workers=workers, seed=seed, pin_memory=pin_memory))

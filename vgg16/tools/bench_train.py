@@ -39,7 +39,7 @@ def bench_train(args) -> list:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from ..compiling import compile_in_place, compile_options
+    from ..compiling import compile_options, compile_with_input
     from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, SyntheticImages
     from ..engine import EpochPlan, Normalizer, StepLogger, Trainee, normalised_batches, train_one_epoch
     from ..launch import dataloader_configuration, device_name, synchronize
@@ -73,8 +73,8 @@ def bench_train(args) -> list:
         model = fresh_model()
         normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, channels_last=args.channels_last)
         if args.compile:  # as the trainer compiles (vgg16/compiling.py): in place, normalisation inside
-            compile_in_place(model, normalize, backend=args.compile_backend, mode=args.compile_mode)
-        optimizer = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False,
+            normalize = compile_with_input(model, normalize, backend=args.compile_backend, mode=args.compile_mode)
+        optimizer = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4,
                                     fused=use_fused(device.type, accelerator.mixed_precision))
         data = SyntheticImages(steps * batch_size, image_size=args.image_size, num_classes=1000, seed=0)
         # No workers: synthetic batches cost nothing to make, and workers would only compete with the step for the

@@ -54,7 +54,7 @@ def bench_data(args) -> dict:
 
     source = load_source(args.data, seed=0)
     split = source.val if args.eval else source.train
-    ours_set = AugmentedDataset(split, eval_transform(resize_size=256, crop_size=224) if args.eval else train_transform(image_size=224, small=False), 0)
+    ours_set = AugmentedDataset(split, eval_transform(resize_size=256, crop_size=224, interpolation="bilinear") if args.eval else train_transform(image_size=224, small=False), 0)
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     ref_tf = (T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize]) if args.eval else
               T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize]))
@@ -154,7 +154,8 @@ def bench_stream(args) -> dict:
         map_loader, _ = build_loaders(mapped, mapped, batch_size=args.batch_size, workers=args.workers, seed=0,
                                       pin_memory=False)
         batches = train_batches(source.train.num_rows, num_processes=1, batch_size=args.batch_size)
-        plan = StreamPlan(1, 0, args.batch_size, batches, max(1, args.workers), args.shuffle_buffer, 0, train=True)
+        plan = StreamPlan(num_processes=1, rank=0, batch_size=args.batch_size, num_batches=batches,
+                          streams=max(1, args.workers), shuffle_buffer=args.shuffle_buffer, seed=0, train=True)
         stream = ParquetStream(source.train, transform, plan, image_shape=(3, 224, 224))
         started = time.perf_counter()
         first = next(iter(stream_loader(stream, workers=args.workers, seed=0, pin_memory=False)))

@@ -219,7 +219,7 @@ def item_trainer(check: Check, photos: Path, gpu_decode: bool) -> dict:
             "bad_images": r["bad_images"], "wall_s": round(time.monotonic() - started, 1)}
 
 
-def _digits_run(check: Check, folder: Path, name: str, *extra: str) -> dict:
+def _digits_run(check: Check, folder: Path, name: str, extra: tuple) -> dict:
     precision = "bf16" if check.device != "cpu" else "no"
     check.run(["train_vgg16.py", "-a", check.plan.resume_arch, "--image-size", "32", "-b", "32", "--epochs", "2",
                "--deterministic", "--mixed-precision", precision, "--workers", "2", "--keep-checkpoints", "1",
@@ -236,9 +236,9 @@ def item_resume(check: Check) -> dict:
     for folder in (whole, parted):  # a rerun in the same --output-dir must not resume the last run's checkpoints
         shutil.rmtree(folder, ignore_errors=True)
     stop, end = str(check.plan.resume_stop), str(check.plan.resume_end)
-    _digits_run(check, whole, "resume_whole", "--stop-step-num", end)
-    _digits_run(check, parted, "resume_part1", "--stop-step-num", stop)
-    r = _digits_run(check, parted, "resume_part2", "--stop-step-num", end, "--resume", "auto")
+    _digits_run(check, whole, "resume_whole", ("--stop-step-num", end))
+    _digits_run(check, parted, "resume_part1", ("--stop-step-num", stop))
+    r = _digits_run(check, parted, "resume_part2", ("--stop-step-num", end, "--resume", "auto"))
     a, b = load_file(whole / "model.safetensors"), load_file(parted / "model.safetensors")
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     resumed = "resumed from" in (check.out / "logs" / "resume_part2.log").read_text()
