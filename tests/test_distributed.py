@@ -96,9 +96,18 @@ def test_only_the_main_process_writes_and_prints(two_process_run):
     assert done.stdout.count("Acc@1") == 1 and done.stdout.count("validation:") == 2
     # .run.lock stays (empty, unlocked) after the run: flock's file is left in place (vgg16/run_lock.py).
     assert sorted(p.name for p in out.iterdir()) == [".run.lock", "README.md", "checkpoints", "config.json",
-                                                     "curves.png", "model.safetensors", "results.json", "results.md"]
+                                                     "curves.png", "model.safetensors", "results.json", "results.md",
+                                                     "run.yaml"]
     ckpt = out / "checkpoints" / "epoch_0002"
     assert {p.name for p in ckpt.glob("random_states_*")} == {"random_states_0.pkl", "random_states_1.pkl"}
+
+
+def test_a_two_process_run_reruns_from_its_run_yaml_to_the_same_weights(two_process_run, tmp_path):
+    out, _ = two_process_run
+    again = tmp_path / "again"
+    _ok(run_cli("--config", str(out / "run.yaml"), "--output-dir", str(again), launcher=launcher(2), env=CPU))
+    _weights_close(out, again, exact=True)
+    assert _results(again)["steps"] == _results(out)["steps"] and _results(again)["num_processes"] == 2
 
 
 def test_evaluation_counts_each_of_101_images_once_with_1_2_and_3_processes(two_process_run, tmp_path):

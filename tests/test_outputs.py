@@ -334,3 +334,40 @@ def test_the_model_saves_and_pushes_itself(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload)
     model.push_to_hub("me/vgg11-test")
     assert uploaded == [("me/vgg11-test", ["README.md", "config.json", "model.safetensors"])]
+
+
+def test_the_package_installs_and_its_model_loads_and_predicts_from_another_folder(run_dir, tmp_path):
+    """`pip install .`, as another project installs this repository: the package with its C source and embedded
+    data, importable from any folder. Built here without a build environment or dependencies (both are already
+    in the test's environment) into a target folder put on the path; the README's commands need none of it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import ROOT
+
+    data, out = run_dir
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(wheels)], check=True,
+                   cwd=tmp_path, capture_output=True, timeout=300)
+    wheel = next(wheels.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"vgg16/data/jpeg_region.c", "vgg16/assets/digits-train.parquet", "vgg16/runner.py"} <= set(names)
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True,
+                   timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    image = next((data / "val" / "cat").iterdir())
+    loaded = subprocess.run([sys.executable, "-c", f"import vgg16; print(vgg16.__file__); "
+                             f"print(type(vgg16.from_pretrained({str(out)!r})).__name__)"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.splitlines() == [str(site / "vgg16" / "__init__.py"),
+                                          type(vgg16.from_pretrained(str(out))).__name__]
+    predicted = subprocess.run([sys.executable, "-m", "vgg16.predict", "--model", str(out), str(image)],
+                               cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 0 and predicted.stdout.startswith(f"{image}: "), predicted.stderr[-2000:]
+    assert predicted.stdout == subprocess.run([sys.executable, "-m", "vgg16.predict", "--model", str(out), str(image)],
+                                              cwd=ROOT, capture_output=True, text=True, timeout=300).stdout

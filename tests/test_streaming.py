@@ -16,7 +16,7 @@ from conftest import ROOT, cli_command, make_parquet_shards
 from safetensors.torch import load_file
 from torchvision.transforms import v2
 
-from vgg16.errors import UsageError
+from vgg16.errors import RunFailure, UsageError
 from vgg16.runner import main
 from vgg16.data.shards import load_parquet_source
 from vgg16.data.streaming import (PAD, EpochOrder, ParquetStream, StreamPlan, buffer_shuffle, stream_loader,
@@ -127,7 +127,7 @@ def test_a_shard_that_cannot_be_read_mid_run_is_one_line_naming_it(tmp_path):
     data = path.read_bytes()
     path.write_bytes(b"\0" * (len(data) - 2000) + data[-2000:])
     plan = StreamPlan(1, 0, 5, 4, streams=1, shuffle_buffer=0, seed=0, train=True)
-    with pytest.raises(UsageError, match=r"could not read row group \d of .*train-00000-of-00002.parquet"):
+    with pytest.raises(RunFailure, match=r"could not read row group \d of .*train-00000-of-00002.parquet"):
         _read_all(split, plan, workers=0, epoch=0)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import ROOT, cli_command, make_image_folder
 from safetensors.torch import load_file, save_file
 from torchvision import models
@@ -39,13 +40,14 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_home(tmp_path_factory):
-    """A TORCH_HOME whose cache holds torchvision's VGG11 ImageNet file under torchvision's own name (random
-    weights in torchvision's format: the loading path is what is tested, not the accuracy)."""
+    """A TORCH_HOME whose cache holds torchvision's VGG11 and VGG11-BN ImageNet files under torchvision's own names
+    (random weights in torchvision's format: the loading path is what is tested, not the accuracy)."""
     home = tmp_path_factory.mktemp("torch_home")
     (home / "hub" / "checkpoints").mkdir(parents=True)
     torch.manual_seed(3)
     state = models.vgg11().state_dict()
     torch.save(state, home / "hub" / "checkpoints" / "vgg11-8a719046.pth")
+    torch.save(models.vgg11_bn().state_dict(), home / "hub" / "checkpoints" / "vgg11_bn-6002323d.pth")
     # VGG16's features-only file (torchvision's IMAGENET1K_FEATURES): only features.* is used from it.
     features = {k: v for k, v in models.vgg16().state_dict().items() if k.startswith("features.")}
     torch.save(features, home / "hub" / "checkpoints" / "vgg16_features-amdegroot-88682ab5.pth")
@@ -85,6 +87,23 @@ def test_a_torchvision_name_on_small_images_loads_the_features_and_starts_a_smal
     tuned = _weights(out)
     assert all(torch.equal(tuned[k], v) for k, v in state.items() if k.startswith("features."))
     assert tuned["classifier.0.weight"].shape == (512, 512)
+
+
+@pytest.mark.parametrize("weights, arch, lr", [("VGG11_BN_Weights.IMAGENET1K_V1", "vgg11_bn", 0.1),
+                                               ("VGG11_Weights.IMAGENET1K_V1", "vgg11", 0.01)])
+def test_the_recipe_takes_its_values_for_the_architecture_the_weights_decide(data, torch_home, tmp_path, monkeypatch,
+                                                                            weights, arch, lr):
+    """torchvision's recipe trains the batch-norm VGGs at 0.1 and the plain ones at 0.01: the weights decide which
+    before any recipe value is taken."""
+    home, _ = torch_home
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    out = tmp_path / arch
+    assert main(["--data", str(data), "--recipe", "torchvision", "--pretrained", weights, *SMALL, "-b", "4",
+                 "--stop-step-num", "1", "--epochs", "1", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    saved = yaml.safe_load((out / "run.yaml").read_text())
+    assert (results["arch"], results["lr"]) == (arch, lr)
+    assert (saved["arch"], saved["lr"], saved["recipe"]) == (arch, lr, "torchvision")
 
 
 def test_imagenet1k_features_get_caffe_input_and_a_new_head(data, torch_home, tmp_path, monkeypatch, capsys):
@@ -225,8 +244,12 @@ def test_features_under_two_processes_write_each_image_once_and_probe(data, smal
 def test_pretrained_defaults_to_the_finetune_recipe():
     from vgg16.cli import parse_args
 
+    from vgg16.cli import read_command
+    from vgg16.resolve import RunFacts, resolve_config
+
     cfg = parse_args(["--data", "x", "--pretrained"])
-    assert (cfg.recipe, cfg.freeze_epochs, cfg.arch) == ("finetune", 0, None)  # arch: the weights'
+    assert (cfg.recipe, cfg.freeze_epochs) == ("finetune", 0)
+    assert resolve_config(read_command(["--data", "x", "--pretrained"]), RunFacts(weights_arch="vgg13")).arch == "vgg13"
     assert parse_args(["--data", "x", "--pretrained", "--freeze-features"]).freeze_epochs == 0
     assert parse_args(["--data", "x", "--pretrained", "--recipe", "torchvision"]).freeze_epochs == 0
     with pytest.raises(UsageError, match="keep one"):

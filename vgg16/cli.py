@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     groups = add_declared(p, TrainConfig)
-    groups[RUN].add_argument("--config", metavar="FILE", default=None,
+    groups[RUN].add_argument("--config", metavar="FILE",
                              help=f"take the options from this YAML file (a run's {RUN_CONFIG} reruns it); flags given "
                              "beside it win (default: none)")
     apex = p.add_argument_group("apex flags of the old scripts (set --mixed-precision)")

@@ -31,6 +31,15 @@ def _keys() -> dict[str, tuple]:
     return out
 
 
+def _did_you_mean(key: str) -> str:
+    """' (did you mean lr?)' for a key close to any spelling of an option (`learning_rate` -> lr)."""
+    spellings = {}
+    for f, o in declared(TrainConfig):
+        spellings.update({flag.lstrip("-"): o.key for flag in o.flags if flag.startswith("--")}, **{f.name: o.key})
+    close = difflib.get_close_matches(key.replace("_", "-"), list(spellings), n=1, cutoff=0.75)
+    return f" (did you mean {spellings[close[0]]}?)" if close else ""
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     """The options a --config file gives (field name -> value, typed), or one line naming the file, the key and
     the rule it breaks. The values' choices and ranges are checked with the rest (vgg16.resolve)."""
@@ -54,8 +63,7 @@ def read_config_file(path: str) -> dict[str, Any]:
     keys, types, out = _keys(), field_types(TrainConfig), {}
     for key, value in data.items():
         if str(key) not in keys:
-            close = difflib.get_close_matches(str(key), [o.key for _, o in declared(TrainConfig)], n=1)
-            raise UsageError(f"{where}: unknown option {key!r}" + (f" (did you mean {close[0]}?)" if close else "")
+            raise UsageError(f"{where}: unknown option {key!r}" + _did_you_mean(str(key))
                              + "; the keys are the flags of --help without their dashes")
         name, o = keys[str(key)]
         kind, optional = types[name]

@@ -253,3 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "that process's own error line says why (a process killed by a signal, or a lost machine, has none)")
         return EXIT_FAILED
     return 0
+
+
+if __name__ == "__main__":  # accelerate launch -m vgg16.runner ... (an installed package has no train_vgg16.py)
+    sys.exit(main())
