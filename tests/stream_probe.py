@@ -12,21 +12,20 @@ import sys
 import torch
 from torch import nn
 
-from vgg16.config import TrainConfig
+from vgg16.data.inputs import build_inputs, load_data
 from vgg16.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from vgg16.engine import Normalizer, evaluate
-from vgg16.data.inputs import build_inputs
 from vgg16.launch import make_accelerator
+from vgg16.resolve import config_of
 
 
 def main(data: str, out: str, batch: int, workers: int) -> None:
-    cfg = TrainConfig(data=data, streaming=True, batch_size=batch, workers=workers, image_size=32,
-                      shuffle_buffer=16)
+    cfg = config_of(data=data, streaming=True, batch_size=batch, workers=workers, image_size=32, shuffle_buffer=16)
     accelerator = make_accelerator(cfg)
-    inputs = build_inputs(cfg, accelerator)
+    inputs = build_inputs(cfg, load_data(cfg, accelerator), accelerator)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, len(inputs.class_names)))
-    model, _, train, val = inputs.prepare(accelerator, model)
+    model = accelerator.prepare(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, len(inputs.class_names))))
+    train, val = inputs.prepared_loaders(accelerator)
 
     def read(epoch: int, skip: int = 0) -> list:
         return [batch[3].tolist() for batch in inputs.epoch_loader(accelerator, train, epoch, skip)]

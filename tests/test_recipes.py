@@ -11,13 +11,14 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import v2
 
-from vgg16.cli import parse_args
+from vgg16.cli import parse_args, read_command
 from vgg16.data.pipeline import MEAN_PIXEL, AugmentedDataset, RepeatedAugmentation, eval_transform, train_transform
 from vgg16.ema import ModelEMA, ema_decay
 from vgg16.mixing import BatchMixer
 from vgg16.model import build_model
 from vgg16.optim import build_optimizer, lr_factor, parameter_groups
 from vgg16.recipes import RECIPES, recipe_table_markdown
+from vgg16.resolve import RunFacts, resolve_config
 from vgg16.data.sources import load_source
 
 
@@ -38,10 +39,11 @@ def test_recipe_fills_only_what_was_not_given():
     cfg = parse_args(["--data", "x", "--recipe", "modern", "--mixup-alpha", "0", "--no-model-ema", "--lr", "0.3"])
     assert (cfg.mixup_alpha, cfg.model_ema, cfg.lr) == (0.0, False, 0.3)
     assert (cfg.cutmix_alpha, cfg.auto_augment, cfg.label_smoothing, cfg.norm_weight_decay) == (1.0, "ta_wide", 0.1, 0.0)
-    assert cfg.resolve_sizes(small_images=False) == (176, 232, 224)
-    assert cfg.resolve_sizes(small_images=True) == (32, 32, 32)  # recipe sizes are for ImageNet-sized images
+    assert (cfg.image_size, cfg.val_resize_size, cfg.val_crop_size) == (176, 232, 224)
+    small = resolve_config(read_command(["--data", "x", "--recipe", "modern"]), RunFacts(small_images=True))
+    assert (small.image_size, small.val_resize_size, small.val_crop_size) == (32, 32, 32)  # recipe sizes: ImageNet's
     sized = parse_args(["--data", "x", "--recipe", "modern", "--train-crop-size", "160"])
-    assert sized.resolve_sizes(small_images=False) == (160, 183, 160)
+    assert (sized.image_size, sized.val_resize_size, sized.val_crop_size) == (160, 183, 160)
     assert parse_args(["--data", "x", "--nesterov"]).opt == "sgd_nesterov"
     assert parse_args(["--data", "x", "--lr-scheduler", "CosineAnnealingLR"]).lr_scheduler == "cosine"
     for name in RECIPES:  # every recipe builds a valid config

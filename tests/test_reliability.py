@@ -10,7 +10,7 @@ from conftest import make_image_folder, run_cli
 from safetensors.torch import load_file
 
 from vgg16 import check_data
-from vgg16.errors import UsageError
+from vgg16.errors import RunFailure
 from vgg16.runner import main
 
 TINY = ["-a", "vgg11", "--image-size", "32", "--lr", "0.02", "-p", "1"]
@@ -175,7 +175,7 @@ def test_a_refused_write_of_the_export_is_one_line_and_keeps_the_previous_one(tm
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limits[1]))
     try:
-        with pytest.raises(UsageError, match=r"could not write the model to .* \(File too large \(os error 27\)\); "
+        with pytest.raises(RunFailure, match=r"could not write the model to .* \(File too large \(os error 27\)\); "
                                              "the previous export and checkpoints are intact"):
             export_model(accelerator, build_model("vgg11", 3, head="small"), tmp_path, config)
     finally:

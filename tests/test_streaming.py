@@ -16,7 +16,7 @@ from conftest import ROOT, cli_command, make_parquet_shards
 from safetensors.torch import load_file
 from torchvision.transforms import v2
 
-from vgg16.errors import RunFailure, UsageError
+from vgg16.errors import RunFailure
 from vgg16.runner import main
 from vgg16.data.shards import load_parquet_source
 from vgg16.data.streaming import (PAD, EpochOrder, ParquetStream, StreamPlan, buffer_shuffle, stream_loader,
@@ -116,7 +116,7 @@ def test_an_unreadable_image_is_replaced_within_its_batch_counted_and_named_once
     assert bad.sum() == 1 and rows[bad == 1].tolist() == [12]
     assert "skipping unreadable image" in capsys.readouterr().err
     stream = ParquetStream(split, v2.PILToTensor(), plan, strict=True)
-    with pytest.raises(UsageError, match="train-00001-of-00002.parquet row 2"):
+    with pytest.raises(RunFailure, match="train-00001-of-00002.parquet row 2"):
         list(stream_loader(stream, workers=0, seed=0, pin_memory=False))
 
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from .config import default_val_resize
 from .data.pipeline import AugmentedDataset, collate_samples, eval_transform
 from .engine import Normalizer
-from .errors import UsageError, one_line
+from .errors import RunFailure, UsageError, one_line
 from .launch import default_workers
 from .model import build_model, head_of, num_classes_of
 from .data.sources import load_source
@@ -195,9 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except UsageError as e:
+    except (UsageError, RunFailure) as e:  # exit codes as train_vgg16.py's (docs/faults.md)
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
-        return 2
+        return 2 if isinstance(e, UsageError) else 1
     return 0
 
 

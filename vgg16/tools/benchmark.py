@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..config import COMPILE_MODES
-from ..errors import UsageError, one_line
+from ..errors import RunFailure, UsageError, one_line
 from .bench_train import bench_train, side_order
 
 def _time_loader(loader, steps: int, warmup: int = 2) -> float:
@@ -218,9 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         results = {"data": lambda: [bench_data(args)], "stream": lambda: [bench_stream(args)],
                    "train": lambda: bench_train(args)}[args.what]()
-    except UsageError as e:  # a wrong --data and the like: one line, as train_vgg16.py says it
+    except (UsageError, RunFailure) as e:  # a wrong --data and the like: one line, as train_vgg16.py says it
         print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, UsageError) else 1
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under a launcher: the main process reports
     for result in results:
