@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Optional
+from typing import Callable, Optional
 
 import datasets
 import torch
@@ -106,6 +106,18 @@ def skip_unreadable(where: str, error: BaseException, *, strict: bool, reported:
         print(f"warning: skipping unreadable image {where} ({error})", file=sys.stderr, flush=True)
 
 
+def next_readable(start: int, count: int, readable: Callable[[int], bool], *, limit: int) -> Optional[int]:
+    """Which example takes an unreadable one's place, for every way of reading: the first readable one from
+    `start` on in the order being read (the dataset's for map-style data, the batch's for a stream), wrapping
+    around, at most `limit` looked at; None when none of them is. The stand-in is decoded again under the
+    unreadable example's seed and flagged `bad`, so the batch keeps its size and validation leaves it out."""
+    for step in range(min(limit, count)):
+        position = (start + step) % count
+        if readable(position):
+            return position
+    return None
+
+
 def describe(raw: dict, index: int) -> str:
     return raw.get("path") or f"image #{index}"
 
@@ -163,9 +175,10 @@ class AugmentedDataset(Dataset):
     def _sample(self, index: int, first: dict):
         # An index past the end is a repeated copy (RepeatedAugmentation): the same image, its own seed.
         start, seed = index % len(self.data), sample_seed(self.seed, int(self._epoch[0]), index)
-        for bad in range(MAX_REPLACEMENTS):
-            i = (start + bad) % len(self.data)
-            example = first if bad == 0 else self.data[i]
+        made: dict = {}
+
+        def readable(i: int) -> bool:
+            example = first if i == start else self.data[i]
             # The seed before the decode: the crop is drawn from the file's header (SizedDecoder), and a
             # replacement draws from the same seed again.
             with seeded(seed):
@@ -173,10 +186,16 @@ class AugmentedDataset(Dataset):
                     decoded = self.decoder.decode(example["image"])
                 except BAD_IMAGE_ERRORS as e:
                     skip_unreadable(describe(example["image"], i), e, strict=self.strict, reported=self._reported)
-                    continue
-                return self.decoder.finish(decoded), example["label"], bad
-        raise RunFailure(f"{MAX_REPLACEMENTS} unreadable images in a row from image #{index}: is the data intact? "
-                         "(python -m vgg16.check_data --data ... lists them)")
+                    return False
+                made[i] = self.decoder.finish(decoded), example["label"]
+            return True
+
+        source = next_readable(start, len(self.data), readable, limit=MAX_REPLACEMENTS)
+        if source is None:
+            raise RunFailure(f"{MAX_REPLACEMENTS} unreadable images in a row from image #{index}: is the data "
+                             "intact? (python -m vgg16.check_data --data ... lists them)")
+        image, label = made[source]
+        return image, label, (source - start) % len(self.data)
 
 
 class SyntheticImages(Dataset):

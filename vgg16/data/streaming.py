@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .images import BAD_IMAGE_ERRORS
-from .pipeline import loader_settings, sample_seed, seeded, skip_unreadable, stack_images
+from .pipeline import loader_settings, next_readable, sample_seed, seeded, skip_unreadable, stack_images
 from .reduced import SizedDecoder
 from ..errors import RunFailure
 from .shards import ParquetSplit, open_parquet
@@ -219,9 +219,9 @@ class ParquetStream(IterableDataset):
                              "data intact? (python -m vgg16.check_data --data ... lists them)")
         labels, bad = [], []
         for i, row in enumerate(rows):
-            # An unreadable image is replaced by the next readable one of the same batch, with its own seed, as
-            # AugmentedDataset replaces it by the next index: the batch keeps its size, the flag counts it.
-            source = i if images[i] is not None else next((j for j in readable if j > i), readable[0])
+            # The one policy (pipeline.next_readable), over the batch: a stream's next rows are not at hand.
+            source = i if images[i] is not None else \
+                next_readable(i + 1, len(rows), lambda j: images[j] is not None, limit=len(rows))
             if source != i:
                 images[i] = self._sample(taken[source][0], row, epoch)[0]
             labels.append(taken[source][1])
