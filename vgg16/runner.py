@@ -29,7 +29,7 @@ from .errors import RunFailure, SaidByMainProcess, UsageError, lost_a_peer, one_
 from .finetune import Freezing, freezing_for, start_model, start_weights
 from .fit import EpochLoop, Training, write_reports
 from .hub import BackgroundPusher, PushFailed, push_to_hub
-from .launch import launch_facts, make_accelerator, use_cpu_cores
+from .launch import default_workers, launch_facts, make_accelerator, use_cpu_cores
 from .model import ModelConfig, count_parameters
 from .optim import build_optimizer, use_fused
 from .report import RunResults
@@ -115,8 +115,7 @@ def _run(given: GivenOptions, early: TrainConfig, accelerator, stop: Optional[St
 
 
 def _facts(weights: Optional[Weights], data: ImageData, accelerator) -> RunFacts:
-    from .launch import default_workers
-
+    """What the weights, the data and the launch decide of the run's options (vgg16.resolve)."""
     return RunFacts(weights_arch=weights.arch if weights else None, weights_sizes=weights.sizes if weights else None,
                     weights_interpolation=weights.interpolation if weights else None, small_images=data.small_images,
                     mixed_precision=accelerator.mixed_precision,
