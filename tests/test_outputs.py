@@ -81,7 +81,8 @@ def test_model_card_has_metrics_and_the_command(run_dir):
     assert metrics[0]["value"] == round(results["acc1"], 3) and metrics[1]["value"] == round(results["acc5"], 3)
     assert meta["library_name"] == "pytorch" and "image-classification" in meta["tags"]  # small head: not timm
     assert meta["license"] and meta["pipeline_tag"] == "image-classification" and "timm cannot load" in card
-    assert "--report-to tensorboard" in card or "command" in card
+    assert f"- command: `{results['command']}`" in card and "--report-to tensorboard" in results["command"]
+    assert "resolved: `run.yaml`" in card and (out / "run.yaml").is_file()  # the card points at the replayable run
     # The hub's own parser reads the results the hub shows (offline: ModelCard.validate needs the network).
     parsed = huggingface_hub.ModelCard.load(out / "README.md")
     found = {r.metric_type: r.metric_value for r in parsed.data.eval_results}

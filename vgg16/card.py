@@ -86,7 +86,8 @@ def model_card(results: dict, model_config: dict) -> str:
         f"Inputs: RGB, resized to {eval_sizes(model_config)[0]} px and center-cropped to {eval_sizes(model_config)[1]} px, normalised with mean "
         f"{list(model_config['mean'])} and std {list(model_config['std'])}.", "",
         "## Training", "",
-        f"- command: `{results.get('command', '')}`",
+        f"- command: `{results.get('command', '')}`; every option it ran with, resolved: `run.yaml` (rerun it with "
+        "`accelerate launch train_vgg16.py --config run.yaml`)",
         f"- global batch {results['global_batch_size']} ({results['per_process_batch_size']} per process x "
         f"{results['num_processes']} x {results['grad_accum']}), recipe {results.get('recipe', '-')}, lr {results['lr']:g}, "
         f"seed {results['seed']}",
