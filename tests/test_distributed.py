@@ -124,9 +124,35 @@ def test_evaluation_counts_each_of_101_images_once_with_1_2_and_3_processes(two_
         assert main(args) == 0 if n == 1 else _ok(run_cli(*args, launcher=launcher(n), env=CPU))
         r = _results(dest)
         assert r["num_processes"] == n
-        figures.append((r["val_images"], r["acc1"], r["acc5"], round(r["val_loss"], 5)))
+        figures.append((r["val_images"], r["acc1"], r["acc5"], round(r["val_loss"], 5), r["macro_f1"],
+                        r["balanced_acc"], r["confusion"], r["per_class"]))
     assert figures[0][0] == 101
     assert figures[0] == figures[1] == figures[2]
+    # The matrix counts every image once and its diagonal is top-1; the per-class figures are scikit-learn's on the
+    # same predictions (the exported model's, through predict, which validates as the trainer does).
+    import numpy as np
+    from sklearn.metrics import classification_report
+
+    import vgg16
+    from vgg16.data.images import decode_image
+    from vgg16.predict import predict
+
+    confusion, per_class = np.array(figures[0][6]), figures[0][7]
+    assert confusion.sum() == 101 and 100 * np.trace(confusion) / confusion.sum() == pytest.approx(figures[0][1])
+    config = json.loads((out / "config.json").read_text())
+    images = sorted((val / "val").rglob("*.*"))
+    truth = [config["class_names"].index(p.parent.name) for p in images]
+    model = vgg16.from_pretrained(str(out)).eval()
+    guesses = [predict(model, config, [decode_image({"path": str(p)})], k=1)[0][0][1] for p in images]
+    assert confusion.tolist() == np.bincount(np.array(truth) * 3 + guesses, minlength=9).reshape(3, 3).tolist()
+    report = classification_report(truth, guesses, labels=[0, 1, 2], target_names=config["class_names"],
+                                   output_dict=True, zero_division=0)
+    for row in per_class:
+        theirs = report[row["class"]]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (100 * theirs["precision"], 100 * theirs["recall"], 100 * theirs["f1-score"], theirs["support"]), abs=1e-3)
+    assert figures[0][4] == pytest.approx(100 * report["macro avg"]["f1-score"])
+    assert figures[0][5] == pytest.approx(100 * report["macro avg"]["recall"])
 
 
 def _free_port():
@@ -222,10 +248,12 @@ def test_a_launch_that_falls_back_to_separate_processes_fails(data, tmp_path):
     assert len(ours) == 1 and "but it has none visible" in ours[0] and "ACCELERATE_USE_CPU=1" in ours[0], done.stderr
 
 
-def test_repeated_augmentation_keeps_two_processes_equal_to_one(data, tmp_path):
+@pytest.mark.parametrize("sampler", [["--ra-sampler", "--ra-reps", "2"], ["--sampler", "balanced"]])
+def test_repeated_augmentation_and_the_balanced_stream_keep_two_processes_equal_to_one(data, tmp_path, sampler):
     """Each global batch holds the same copies (same images, same augmentation seeds) in both runs: torchvision's
-    per-rank streams interleave into the single-process order (tests/test_recipes.py checks the streams)."""
-    args = ["--data", str(data), *PLAIN, "--ra-sampler", "--ra-reps", "2", "--epochs", "1", "--stop-step-num", "3"]
+    per-rank streams interleave into the single-process order (tests/test_recipes.py checks the streams), and the
+    balanced stream is one global order whatever the process count (tests/test_imbalance.py)."""
+    args = ["--data", str(data), *PLAIN, *sampler, "--epochs", "1", "--stop-step-num", "3"]
     two, one = tmp_path / "two", tmp_path / "one"
     _ok(run_cli(*args, "-b", "4", "--output-dir", str(two), launcher=launcher(2), env={**CPU, **ONE_THREAD}))
     _ok(run_cli(*args, "-b", "8", "--output-dir", str(one), env=ONE_THREAD))

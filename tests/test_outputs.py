@@ -71,6 +71,28 @@ def test_report_merges_runs_into_the_seeds_table(run_dir, tmp_path, capsys):
     assert "| 9000.0 |" in rows[1] and "| bf16 |" in rows[1] and "NVIDIA H100" in rows[1]
 
 
+def test_every_class_is_reported_in_results_the_table_the_card_and_confusion_png(run_dir, tmp_path, capsys):
+    data, out = run_dir
+    results = json.loads((out / "results.json").read_text())
+    names = [row["class"] for row in results["per_class"]]
+    assert names == ["cat", "dog", "eel"] and sum(map(sum, results["confusion"])) == results["val_images"] == 12
+    assert all("macro_f1" in h and "balanced_acc" in h for h in results["history"])
+    assert results["macro_f1"] == results["history"][-1]["macro_f1"]
+    for page in ("results.md", "README.md"):
+        text = (out / page).read_text()
+        assert "## Per class" in text and f"Macro-F1 {results['macro_f1']:.3f}" in text, page
+        assert all(f"| {name} | " in text for name in names), page
+    with Image.open(out / "confusion.png") as png:
+        assert png.format == "PNG" and png.size[0] > 300
+    # --evaluate gives the same; with 3 classes top-5 is 100% by construction and is not printed as a result.
+    assert main(["--data", str(data), *ARGS, "--evaluate", "--pretrained", str(out),
+                 "--output-dir", str(tmp_path / "e")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"validation: acc1 {results['acc1']:.3f}  macro-F1 {results['macro_f1']:.3f}  over 12 images" in lines
+    assert lines[-1].startswith(f"Acc@1 {results['acc1']:.3f}  macro-F1 {results['macro_f1']:.3f}  FPS")
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["confusion"] == results["confusion"]
+
+
 def test_model_card_has_metrics_and_the_command(run_dir):
     _, out = run_dir
     card = (out / "README.md").read_text()

@@ -5,17 +5,25 @@ from __future__ import annotations
 import json
 
 from .data.pipeline import eval_sizes
-from .report import amp_type, results_table
+from .report import amp_type, per_class_section, results_table
 
 
 def exported_accuracy(results: dict) -> tuple[float, float]:
-    """Top-1/top-5 of the weights in model.safetensors: the model's, or its EMA's when that scored higher."""
+    """Top-1/top-5 of the weights in model.safetensors: the model's, or its EMA's when that scored higher, of the
+    epoch --best-metric kept."""
+    if results.get("best"):
+        return results["best"]["acc1"], results["best"]["acc5"]
     if results.get("exported_weights") == "ema":
         return results["ema_acc1"], results["ema_acc5"]
     return results.get("acc1", 0.0), results.get("acc5", 0.0)
 
 
 def weights_line(results: dict) -> str:
+    best = results.get("best") or {}
+    if best.get("metric", "last") != "last":
+        return (f"Weights: epoch {best['epoch']}'s of {results.get('epochs', 0)}, the best by "
+                f"{best['metric'].replace('_', ' ')} ({best[best['metric']]:.4g}, --best-metric); the last epoch's "
+                "are in last/.")
     if "ema_acc1" not in results:
         return "Weights: the trained model's."
     which = "its exponential moving average (--model-ema)" if results.get("exported_weights") == "ema" else "the trained model"
@@ -65,6 +73,7 @@ def model_card(results: dict, model_config: dict) -> str:
         f"validation images, after {results.get('epochs', 0)} epochs ({results.get('steps', 0)} optimizer steps). "
         f"Throughput {results.get('fps', 0):.1f} images/s over {results['num_processes']} process(es) on "
         f"{results.get('device_name', results['device'])}, {amp_type(results)}. {weights_line(results)}", "",
+        *([per_class_section(results).strip(), ""] if results.get("per_class") else []),
         "## Use", "",
         "```python",
         "import vgg16  # this repository's package",

@@ -90,15 +90,18 @@ TORCH_SAVE_IO_ERRORS = ("Parent directory", "cannot be opened", "file write fail
 @dataclass
 class RunState:
     """Where a run stands, as trainer_state.json records it: `epoch` epochs done and `step_in_epoch` optimizer steps
-    of the next one; `global_step` optimizer steps in all; the best validation top-1 so far."""
+    of the next one; `global_step` optimizer steps in all; the best validation top-1 so far; the epoch whose
+    weights are exported (`best`: its number, the --best-metric and its value, its figures)."""
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
     best_acc1: float = 0.0
+    best: Optional[dict] = None
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunState":
-        return cls(values["epoch"], values.get("step_in_epoch", 0), values["global_step"], values["best_acc1"])
+        return cls(values["epoch"], values.get("step_in_epoch", 0), values["global_step"], values["best_acc1"],
+                   best=values.get("best"))
 
     @property
     def checkpoint_name(self) -> str:

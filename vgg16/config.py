@@ -43,6 +43,9 @@ LR_UPDATES = ("step", "epoch")
 AUTO_AUGMENTS = ("ra", "ta_wide", "augmix", "imagenet", "cifar10", "svhn")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 HUB_STRATEGIES = ("end", "every_save")
+SAMPLERS = ("shuffle", "balanced")
+# The validation figure --best-metric keeps the best epoch by (val_loss: the lowest), or "last".
+BEST_METRICS = ("last", "acc1", "macro_f1", "balanced_acc", "val_loss")
 # torchvision's reference spells its schedulers by class name; both spellings work.
 SCHEDULER_NAMES = {"steplr": "step", "cosineannealinglr": "cosine"}
 
@@ -108,6 +111,14 @@ class TrainConfig:
     ra_sampler: bool = option(None, "--ra-sampler", group=DATA,
                                         help="repeated augmentation: each image --ra-reps times per epoch")
     ra_reps: int = option(3, "--ra-reps", group=DATA, minimum=1, help="repetitions for --ra-sampler")
+    sampler: str = option(
+        "shuffle", "--sampler", group=DATA, choices=SAMPLERS,
+        help="shuffle: every training image once per epoch; balanced: each epoch draws every class equally often "
+        "(rare classes' images repeat, with new augmentation), seeded by seed and epoch, the same stream for any "
+        "process count, resumable mid-epoch")
+    epoch_size: Optional[int] = option(None, "--epoch-size", group=DATA, minimum=1, metavar="DRAWS",
+                                       help="images drawn per epoch with --sampler balanced (default: the training "
+                                       "split's size)")
     strict_data: bool = option(False, "--strict-data", group=DATA,
                                help="stop at the first unreadable image (off: skip it, warn once, count it in "
                                "results.json)")
@@ -190,6 +201,10 @@ class TrainConfig:
     lr_warmup_decay: float = option(None, "--lr-warmup-decay", group=OPTIM, minimum=0, maximum=1, above=True,
                                               help="the warm-up's starting factor of the lr")
     lr_min: float = option(None, "--lr-min", group=OPTIM, minimum=0, help="the lr cosine ends at")
+    class_weights: Optional[str] = option(
+        None, "--class-weights", group=OPTIM, metavar="balanced|FILE",
+        help="weigh the loss per class: balanced (n_images / (n_classes x the class's count), scikit-learn's), or "
+        "a YAML/JSON file of 'class: weight' (unlisted classes weigh 1) or one weight per line (default: equal)")
     label_smoothing: float = option(None, "--label-smoothing", group=OPTIM, minimum=0, maximum=1, below=True,
                                               help="label smoothing of the loss")
     clip_grad_norm: Optional[float] = option(None, "--clip-grad-norm", group=OPTIM, minimum=0, above=True,
@@ -240,6 +255,11 @@ class TrainConfig:
     resume: Optional[str] = option(
         None, "--resume", group=RUN, metavar="CHECKPOINT_DIR|auto",
         help="a checkpoints/... folder written by a run, or auto: the newest in --output-dir (a fresh start if none)")
+    best_metric: str = option(
+        "last", "--best-metric", group=RUN, choices=BEST_METRICS,
+        help="which epoch's weights OUTPUT/model.safetensors holds: the last epoch's, or the best epoch's by this "
+        "validation figure (val_loss: the lowest), the last epoch's then kept in OUTPUT/last/; results.json and the "
+        "card say which epoch")
     keep_checkpoints: int = option(2, "--keep-checkpoints", group=RUN, minimum=1, help="newest checkpoints to keep")
     checkpoint_every: Optional[int] = option(None, "--checkpoint-every", group=RUN, minimum=1, metavar="N",
                                              help="also save every N optimizer steps, mid-epoch (default: at epoch ends)")
@@ -289,6 +309,12 @@ def check_rules(cfg: TrainConfig) -> None:
          "--streaming reads parquet files: give --data with a hub dataset name or a local parquet folder"),
         (not (cfg.streaming and cfg.gpu_decode), "--gpu-decode is not available with --streaming yet: drop one"),
         (not (cfg.streaming and cfg.ra_sampler), "--ra-sampler is not available with --streaming: drop one"),
+        (not (cfg.sampler == "balanced" and cfg.ra_sampler),
+         "--sampler balanced and --ra-sampler each choose the epoch's images: keep one"),
+        (not ((cfg.streaming or cfg.dataset == "synthetic") and (cfg.sampler == "balanced" or cfg.class_weights)),
+         "--sampler balanced and --class-weights need the training labels up front: not available with --streaming "
+         "or --dataset synthetic"),
+        (cfg.epoch_size is None or cfg.sampler == "balanced", "--epoch-size is for --sampler balanced: add it"),
         (cfg.hub_strategy == "end" or cfg.push_to_hub, "--hub-strategy every_save needs --push-to-hub"),
         (not cfg.push_to_hub or bool(cfg.hub_model_id),
          "--push-to-hub needs --hub-model-id USER/NAME (the repo to create or update)"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, tqdm
@@ -16,6 +17,7 @@ from torch import nn
 
 from .ema import ModelEMA
 from .finetune import Freezing
+from .class_metrics import class_report
 from .metrics import ThroughputMeter, new_topk_metric
 from .mixing import BatchMixer
 
@@ -224,11 +226,15 @@ def train_one_epoch(trainee: Trainee, batches: Iterable, accelerator: Accelerato
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, accelerator: Accelerator, normalize: Callable,
-             topk: int = 5, log: Optional[Callable[[str], None]] = None, prepare_batch: Callable = tuple) -> dict:
-    """Top-1/top-5 over the whole validation set, each image counted once whatever the process count."""
+             topk: int = 5, log: Optional[Callable[[str], None]] = None, prepare_batch: Callable = tuple,
+             class_names: Optional[list] = None) -> dict:
+    """Top-1/top-5 over the whole validation set, each image counted once whatever the process count; with
+    `class_names`, also macro-F1 and balanced accuracy, and in the main process's result the per-class figures
+    and the confusion matrix (`class_metrics.class_report`)."""
     model.eval()
     metric = new_topk_metric()
     loss_sum, count, bad_images = 0.0, 0, 0
+    top1, truth = [], []
     for batch in loader:
         images, labels, bad = prepare_batch(batch)
         with accelerator.autocast():
@@ -242,14 +248,31 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, normalize: Call
             keep = bad == 0
             bad_images += int((bad > 0).sum())
             metric.add_batch(predictions=ranked[keep].cpu().tolist(), references=labels[keep].cpu().tolist())
+            top1.append(ranked[keep][:, 0].cpu())
+            truth.append(labels[keep].cpu())
             loss_sum += float(losses[keep].sum())
             count += int(keep.sum())
-    result = None
+    result, classes = None, {}
     if accelerator.is_main_process:
         result = metric.compute()
         result["loss"] = loss_sum / count if count else float("nan")
         result["bad_images"] = bad_images
-    result = broadcast_object_list([result])[0]  # every process returns the same figures
+        if class_names is not None:
+            classes = class_report(torch.cat(truth).numpy() if truth else np.zeros(0, np.int64),
+                                   torch.cat(top1).numpy() if top1 else np.zeros(0, np.int64), class_names)
+            result.update(macro_f1=classes.pop("macro_f1"), balanced_acc=classes.pop("balanced_acc"))
+    # Every process returns the same figures; the per-class ones (a matrix of classes^2) stay in the main process,
+    # the only one that writes them.
+    result = {**broadcast_object_list([result])[0], **classes}
     if log:
-        log(f"validation: acc1 {result['acc1']:.3f}  acc5 {result['acc5']:.3f}  over {result['count']} images")
+        log(validation_line(result, len(class_names) if class_names else None))
     return result
+
+
+def validation_line(result: dict, num_classes: Optional[int], label: str = "validation") -> str:
+    """'validation: acc1 .. macro-F1 ..  acc5 ..  over N images'; top-5 only where there are more than 5 classes
+    (with 5 or fewer it is 100% by construction)."""
+    return (f"{label}: acc1 {result['acc1']:.3f}"
+            + (f"  macro-F1 {result['macro_f1']:.3f}" if "macro_f1" in result else "")
+            + (f"  acc5 {result['acc5']:.3f}" if num_classes is None or num_classes > 5 else "")
+            + f"  over {result['count']} images")

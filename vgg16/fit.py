@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from accelerate.utils import ProfileKwargs
+import torch
 from torch import nn
 
 from . import checkpoint as ckpt
 from .card import model_card
+from .class_metrics import plot_confusion
 from .checkpoint import RunState
 from .compiling import compile_counts, compile_note
 from .config import TrainConfig
 from .data.inputs import Inputs
 from .ema import ModelEMA, ema_decay
-from .engine import EpochPlan, StepLogger, StepOptions, Trainee, evaluate, normalised_batches, train_one_epoch
+from .engine import (EpochPlan, StepLogger, StepOptions, Trainee, evaluate, normalised_batches, train_one_epoch,
+                     validation_line)
 from .finetune import Freezing
 from .hub import BackgroundPusher
 from .launch import assert_processes_agree, synchronize
@@ -37,6 +40,18 @@ from .report import RunResults, plot_curves, write_results_md
 from .resume_check import RunSettings, check_resume, replan_schedule
 
 
+# With --best-metric, where the last epoch's weights are exported beside the best epoch's.
+LAST_EXPORT = "last"
+
+
+def better(metric: str, figures: dict, best: Optional[dict]) -> bool:
+    """Whether this epoch's weights replace the exported ones: always for "last", else when its figure beats the
+    best epoch's so far (val_loss: lower), the earlier epoch keeping a tie."""
+    if metric == "last" or best is None or best.get("metric") != metric:
+        return True
+    return figures[metric] < best[metric] if metric == "val_loss" else figures[metric] > best[metric]
+
+
 def write_reports(output_dir: Path, run_results: RunResults, model_config: ModelConfig) -> None:
     """results.json, results.md, curves.png and the model card: the folder is complete after every epoch."""
     results = run_results.to_dict()
@@ -45,6 +60,9 @@ def write_reports(output_dir: Path, run_results: RunResults, model_config: Model
     if results.get("history"):
         plot_curves(results["history"], output_dir / "curves.png",
                     f"{results['arch']} on {results['dataset']}, {results['num_processes']}p {results['device_name']}")
+    if results.get("confusion"):
+        plot_confusion(results["confusion"], model_config.class_names, output_dir / "confusion.png",
+                       f"{results['arch']} on {results['dataset']}, epoch {results.get('epochs', 0)}")
     if (output_dir / ckpt.WEIGHTS).exists():
         (output_dir / "README.md").write_text(model_card(results, model_config.to_dict()))
 
@@ -84,6 +102,8 @@ class Training:
     """What a loader's batch goes through before the model: the normalisation, or nothing once the model does it
     itself (--compile)."""
     freezing: Optional[Freezing] = None
+    class_weights: Optional[torch.Tensor] = None
+    """--class-weights: the loss's weight per class, on the device."""
 
 
 class EpochLoop:
@@ -96,6 +116,7 @@ class EpochLoop:
         self.cfg, self.accelerator, self.inputs, self.resume_dir = cfg, accelerator, inputs, resume_dir
         self.model, self.optimizer, self.normalize = training.model, training.optimizer, training.batch_input
         self.train_loader, self.val_loader = training.train_loader, training.val_loader
+        self.class_weights = training.class_weights
         self.model_config, self.results, self.log, self.stop = model_config, results, log, stop
         self.exported = model_config
         """config.json of the weights last exported (the model's, or its EMA's)."""
@@ -108,7 +129,7 @@ class EpochLoop:
             seed=cfg.seed, train_images=inputs.train_images, data_fingerprint=inputs.data_fingerprint,
             steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, lr=self.optimizer.defaults["lr"],
             lr_scheduler=cfg.lr_scheduler, lr_update=cfg.lr_update, warmup_epochs=cfg.warmup_epochs,
-            recipe=cfg.recipe, arch=cfg.arch)
+            recipe=cfg.recipe, arch=cfg.arch, sampler=inputs.sampler)
         self.options = step_options(cfg, accelerator, self.model, model_config.num_classes, training.freezing)
         if self.options.ema is not None:
             accelerator.register_for_checkpointing(self.options.ema)  # before load_state: the average resumes too
@@ -132,7 +153,8 @@ class EpochLoop:
             assert_processes_agree(self.accelerator, "the epoch and step to resume at",
                                    (state.epoch, state.step_in_epoch, state.global_step))
         if cfg.start_epoch is not None:
-            state = RunState(cfg.start_epoch, 0, cfg.start_epoch * self.steps_per_epoch, state.best_acc1)
+            state = RunState(cfg.start_epoch, 0, cfg.start_epoch * self.steps_per_epoch, state.best_acc1,
+                             best=state.best)
             position_scheduler(self.scheduler, state.global_step)
         return state
 
@@ -148,7 +170,8 @@ class EpochLoop:
             return True  # the checkpoint is written once the epoch's loop has ended
         if self.cfg.checkpoint_every and global_step % self.cfg.checkpoint_every == 0:
             ensure_finite()  # never save a model that has seen an inf/nan loss
-            self._save(RunState(self.state.epoch, step_in_epoch, global_step, self.state.best_acc1))
+            self._save(RunState(self.state.epoch, step_in_epoch, global_step, self.state.best_acc1,
+                                best=self.state.best))
         return False
 
     def _preempted(self, saved: Path) -> Preempted:
@@ -163,7 +186,8 @@ class EpochLoop:
         """The epochs; `pusher` uploads the folder after every epoch (--hub-strategy every_save)."""
         cfg, accelerator, state = self.cfg, self.accelerator, self.state
         meter = ThroughputMeter(lambda: synchronize(accelerator.device))
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # takes mixup's soft targets too
+        # Takes mixup's soft targets too; --class-weights weighs each target class's term.
+        criterion = nn.CrossEntropyLoss(weight=self.class_weights, label_smoothing=cfg.label_smoothing)
         trainee = Trainee(self.model, self.optimizer, self.scheduler, criterion)
         if self.results.history is None:
             self.results.history = []
@@ -189,18 +213,22 @@ class EpochLoop:
             state.epoch, state.step_in_epoch = (epoch + 1, 0) if finished else (epoch, first + stats["steps"])
             if stats["stopped"]:
                 raise self._preempted(self._save(state))
-            metrics, use_ema = self._evaluate()
-            self.exported = self.model_config.exported_as("ema" if use_ema else "model")
+            metrics, use_ema, figures = self._evaluate()
             state.best_acc1 = max(state.best_acc1, metrics["acc1"])
+            improved = better(cfg.best_metric, figures, state.best)
+            if improved:
+                state.best = {"epoch": epoch + 1, "metric": cfg.best_metric, **figures}
             saved = self._save(state)
-            ckpt.export_model(accelerator, self.options.ema.module if use_ema else self.model, self.output_dir,
-                              self.exported.to_dict())
-            self.results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], best_acc1=state.best_acc1,
+            self._export(self.options.ema.module if use_ema else self.model,
+                         self.model_config.exported_as("ema" if use_ema else "model"), improved)
+            self.results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], macro_f1=metrics["macro_f1"],
+                                balanced_acc=metrics["balanced_acc"], per_class=metrics.get("per_class"),
+                                confusion=metrics.get("confusion"), best_acc1=state.best_acc1,
                                 val_images=metrics["count"], val_loss=metrics["loss"], train_loss=stats["loss"],
                                 fps=meter.fps, epochs=epoch + 1, steps=state.global_step,
                                 bad_images=stats["bad_images"] + metrics["bad_images"], fp16_skipped_steps=skipped,
                                 train_seconds=round(time.time() - started, 1),
-                                exported_weights=self.exported.weights)
+                                exported_weights=self.exported.weights, best=state.best)
             ema_figures = {k: v for k, v in metrics.items() if k.startswith("ema_")}
             compiled = compile_counts() if cfg.compile else {}
             if compiled:
@@ -208,9 +236,11 @@ class EpochLoop:
                 self.results.update(**compiled)
             history.append({"epoch": epoch + 1, "steps": state.global_step, "train_loss": stats["loss"],
                             "val_loss": metrics["loss"], "acc1": metrics["acc1"], "acc5": metrics["acc5"],
+                            "macro_f1": metrics["macro_f1"], "balanced_acc": metrics["balanced_acc"],
                             "fps": meter.epoch_fps, **ema_figures, **compiled})
             self.results.update(**ema_figures)
             accelerator.log({"val/acc1": metrics["acc1"], "val/acc5": metrics["acc5"], "val/loss": metrics["loss"],
+                             "val/macro_f1": metrics["macro_f1"], "val/balanced_acc": metrics["balanced_acc"],
                              "train/epoch_loss": stats["loss"], "train/epoch_fps": meter.epoch_fps, "epoch": epoch + 1},
                             step=state.global_step)
             if stats["bad_images"] or metrics["bad_images"]:
@@ -224,16 +254,30 @@ class EpochLoop:
             if epoch + 1 < cfg.epochs and self.stop is not None and self.stop.stop_now():
                 raise self._preempted(saved)
 
-    def _evaluate(self) -> tuple[dict, bool]:
-        """The model's validation metrics (plus ema_acc1/ema_acc5 with --model-ema) and whether the EMA is the
-        better one, which is then the model exported."""
+    def _export(self, weights: nn.Module, config: ModelConfig, improved: bool) -> None:
+        """OUTPUT/model.safetensors: the last epoch's weights, or with --best-metric the best epoch's so far, the
+        last epoch's then in OUTPUT/last/."""
+        if improved:
+            self.exported = config
+            ckpt.export_model(self.accelerator, weights, self.output_dir, config.to_dict())
+        if self.cfg.best_metric != "last":
+            ckpt.export_model(self.accelerator, weights, self.output_dir / LAST_EXPORT, config.to_dict())
+
+    def _evaluate(self) -> tuple[dict, bool, dict]:
+        """The model's validation metrics (plus ema_acc1/ema_acc5 with --model-ema), whether the EMA is the
+        better one, which is then the model exported, and the exported weights' figures (for --best-metric); the
+        per-class figures are the exported weights'."""
+        classes = self.inputs.class_names
         metrics = evaluate(self.model, self.val_loader, self.accelerator, self.normalize, log=self.log,
-                           prepare_batch=self.inputs.val_prepare)
+                           prepare_batch=self.inputs.val_prepare, class_names=classes)
         use_ema = False
         if self.options.ema is not None:
             ema = evaluate(self.options.ema.module, self.val_loader, self.accelerator, self.normalize,
-                           prepare_batch=self.inputs.val_prepare)
-            self.log(f"validation (EMA): acc1 {ema['acc1']:.3f}  acc5 {ema['acc5']:.3f}")
+                           prepare_batch=self.inputs.val_prepare, class_names=classes)
+            self.log(validation_line(ema, len(classes), label="validation (EMA)"))
             use_ema = ema["acc1"] > metrics["acc1"]
-            metrics = {**metrics, "ema_acc1": ema["acc1"], "ema_acc5": ema["acc5"]}
-        return metrics, use_ema
+            metrics = {**metrics, "ema_acc1": ema["acc1"], "ema_acc5": ema["acc5"], "ema_macro_f1": ema["macro_f1"],
+                       **({k: ema[k] for k in ("per_class", "confusion") if k in ema} if use_ema else {})}
+        exported = ema if use_ema else metrics
+        figures = {k: exported[k] for k in ("acc1", "acc5", "macro_f1", "balanced_acc")}
+        return metrics, use_ema, {**figures, "val_loss": exported["loss"]}

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from .class_metrics import per_class_markdown
+
 if TYPE_CHECKING:
     from .config import TrainConfig
 
@@ -61,6 +63,17 @@ class RunResults:
     fp16_skipped_steps: Optional[int] = None
     train_seconds: Optional[float] = None
     exported_weights: Optional[str] = None
+    macro_f1: Optional[float] = None
+    """Mean F1 over the classes with validation images (vgg16.class_metrics)."""
+    balanced_acc: Optional[float] = None
+    """Mean recall over the classes with validation images."""
+    per_class: Optional[list] = None
+    """The last validation's precision, recall, F1 and support per class (of the weights exported)."""
+    confusion: Optional[list] = None
+    """The last validation's confusion matrix: rows the true class, columns the predicted one."""
+    best: Optional[dict] = None
+    """The epoch whose weights model.safetensors holds (--best-metric; the last with "last"), the metric and its
+    figures."""
     ema_acc1: Optional[float] = None
     ema_acc5: Optional[float] = None
     evaluated: Optional[str] = None
@@ -130,8 +143,18 @@ def write_results_md(output_dir: Path, results: dict) -> None:
             f"{results.get('steps', 0)} optimizer steps, {results.get('val_images', 0)} validation images, "
             f"recipe {results.get('recipe', '-')}.\n"
             + (f"\nEMA of the weights: Acc@1 {results['ema_acc1']:.3f}, Acc@5 {results['ema_acc5']:.3f}; exported: "
-               f"{results.get('exported_weights', 'model')}.\n" if "ema_acc1" in results else ""))
+               f"{results.get('exported_weights', 'model')}.\n" if "ema_acc1" in results else "")
+            + per_class_section(results))
     (output_dir / "results.md").write_text(text)
+
+
+def per_class_section(results: dict) -> str:
+    """Macro-F1, balanced accuracy and the per-class table (results.md and the model card)."""
+    if not results.get("per_class"):
+        return ""
+    return (f"\n## Per class\n\nMacro-F1 {results['macro_f1']:.3f}, balanced accuracy (mean recall) "
+            f"{results['balanced_acc']:.3f}, over the classes with validation images; the confusion matrix is in "
+            "results.json and confusion.png.\n\n" + per_class_markdown(results["per_class"]))
 
 
 def plot_curves(history: Sequence[dict], path: Path, title: str) -> None:
@@ -149,6 +172,8 @@ def plot_curves(history: Sequence[dict], path: Path, title: str) -> None:
     ax_loss.legend()
     ax_acc.plot(epochs, [h["acc1"] for h in history], "o-", label="top-1")
     ax_acc.plot(epochs, [h["acc5"] for h in history], "s--", label="top-5")
+    if all("macro_f1" in h for h in history):
+        ax_acc.plot(epochs, [h["macro_f1"] for h in history], "d:", label="macro-F1")
     if any("ema_acc1" in h for h in history):
         ax_acc.plot(epochs, [h.get("ema_acc1") for h in history], "^-", label="EMA top-1")
         ax_acc.plot(epochs, [h.get("ema_acc5") for h in history], "v--", label="EMA top-5")

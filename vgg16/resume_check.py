@@ -39,6 +39,8 @@ class RunSettings:
     warmup_epochs: float
     recipe: str
     arch: str
+    sampler: str = "shuffle"
+    """How an epoch's images are chosen (--sampler, with its draws per epoch)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -53,13 +55,14 @@ class RunSettings:
 
 
 # Settings that decide which images a step sees; a mid-epoch resume needs them all unchanged.
-ORDER = ("per_process_batch", "processes", "grad_accum", "seed", "data_fingerprint")
+ORDER = ("per_process_batch", "processes", "grad_accum", "seed", "data_fingerprint", "sampler")
 # Settings that decide the lr of each step.
 SCHEDULE = ("steps_per_epoch", "epochs", "lr", "lr_scheduler", "lr_update", "warmup_epochs")
 FLAGS = {"per_process_batch": "--batch-size", "processes": "processes", "grad_accum": "--grad-accum",
          "seed": "--seed", "data_fingerprint": "training data", "steps_per_epoch": "steps per epoch",
          "epochs": "--epochs", "lr": "lr", "lr_scheduler": "--lr-scheduler", "lr_update": "--lr-update",
-         "warmup_epochs": "--warmup-epochs", "recipe": "--recipe", "arch": "--arch", "train_images": "training images"}
+         "warmup_epochs": "--warmup-epochs", "recipe": "--recipe", "arch": "--arch", "train_images": "training images",
+         "sampler": "--sampler"}
 
 
 def _value(settings: RunSettings, name: str) -> str:

@@ -21,6 +21,7 @@ from . import checkpoint as ckpt
 from .cli import read_command
 from .config import TrainConfig
 from .config_file import write_run_config
+from .data.balance import describe_weights, loss_weights
 from .data.inputs import Inputs, build_inputs, load_data
 from .data.sources import ImageData
 from .compiling import compile_with_input
@@ -99,8 +100,10 @@ def _run(given: GivenOptions, early: TrainConfig, accelerator, stop: Optional[St
     if cfg.evaluate:
         _, val_loader = inputs.prepared_loaders(accelerator, train=False)
         metrics = evaluate(accelerator.prepare(model), val_loader, accelerator, batch_input, log=log,
-                           prepare_batch=inputs.val_prepare)
-        results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], val_images=metrics["count"],
+                           prepare_batch=inputs.val_prepare, class_names=inputs.class_names)
+        results.update(acc1=metrics["acc1"], acc5=metrics["acc5"], macro_f1=metrics["macro_f1"],
+                       balanced_acc=metrics["balanced_acc"], per_class=metrics.get("per_class"),
+                       confusion=metrics.get("confusion"), val_images=metrics["count"],
                        val_loss=metrics["loss"], bad_images=metrics["bad_images"], fps=0.0, epochs=0, steps=0,
                        evaluated=str(resume_dir or cfg.pretrained))
     else:
@@ -176,7 +179,12 @@ def _say_start(cfg: TrainConfig, accelerator, *, inputs: Inputs, model, model_co
 
 def _prepare_training(cfg: TrainConfig, accelerator, *, model, inputs: Inputs, lr: float, batch_input,
                       freezing: Optional[Freezing]) -> Training:
-    """The optimizer for `model`, then the model, optimizer and loaders prepared by Accelerate."""
+    """The optimizer for `model`, then the model, optimizer and loaders prepared by Accelerate; the loss's class
+    weights."""
+    weights = loss_weights(cfg.class_weights, inputs.class_counts, inputs.class_names)
+    if weights is not None:
+        accelerator.print(f"note: --class-weights {cfg.class_weights}: "
+                          f"{describe_weights(weights, inputs.class_names)}", flush=True)
     optimizer = build_optimizer(model, opt=cfg.opt, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 norm_weight_decay=cfg.norm_weight_decay, bias_weight_decay=cfg.bias_weight_decay,
                                 backbone_lr_scale=cfg.backbone_lr_scale,
@@ -184,7 +192,9 @@ def _prepare_training(cfg: TrainConfig, accelerator, *, model, inputs: Inputs, l
     model, optimizer = accelerator.prepare(model, optimizer)
     train_loader, val_loader = inputs.prepared_loaders(accelerator)
     return Training(model=model, optimizer=optimizer, train_loader=train_loader, val_loader=val_loader,
-                    batch_input=batch_input, freezing=freezing)
+                    batch_input=batch_input, freezing=freezing,
+                    class_weights=torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
+                    if weights is not None else None)
 
 
 def _train(cfg: TrainConfig, accelerator, loop: EpochLoop) -> None:
@@ -204,7 +214,8 @@ def _finish(cfg: TrainConfig, accelerator, *, results: RunResults, model_config:
     if accelerator.is_main_process:
         write_reports(output_dir, results, model_config.exported_as(results.exported_weights))
     accelerator.wait_for_everyone()
-    log(f"Acc@1 {results.acc1 or 0:.3f}  Acc@5 {results.acc5 or 0:.3f}  FPS {results.fps or 0:.1f}  "
+    log(f"Acc@1 {results.acc1 or 0:.3f}  macro-F1 {results.macro_f1 or 0:.3f}  "
+        + (f"Acc@5 {results.acc5 or 0:.3f}  " if results.num_classes > 5 else "") + f"FPS {results.fps or 0:.1f}  "
         f"({results.num_processes}p {results.device} {results.mixed_precision}, "
         f"global batch {results.global_batch_size}) -> {output_dir / 'results.json'}")
     accelerator.end_training()

@@ -16,12 +16,15 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
+import torch
 from accelerate.utils import broadcast_object_list, send_to_device
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
 from .pipeline import (AugmentedDataset, RepeatedAugmentation, SyntheticImages, build_loaders, eval_transform,
                    train_transform)
+from .balance import BalancedBatches, class_counts, imbalance_note
 from .decoding import decoding_for
 from ..errors import UsageError
 from ..model import head_for
@@ -45,6 +48,10 @@ class Inputs:
     notes: tuple = ()
     data_fingerprint: str = ""
     """Which training data this is, for a resume to tell (datasets' fingerprint, or a stream's files and rows)."""
+    class_counts: Optional[np.ndarray] = None
+    """Training images per class, where the labels are at hand (not for a stream or synthetic data)."""
+    sampler: str = "shuffle"
+    """How an epoch's images are chosen, as a resume compares it: shuffle, or balanced with its draws."""
 
     def prepared_loaders(self, accelerator, *, train: bool = True) -> tuple:
         """(train loader, validation loader) as the run iterates them; the train loader is None when not `train`
@@ -74,7 +81,8 @@ class MapInputs(Inputs):
     """A `datasets.Dataset` indexed by a shuffled DataLoader that `accelerator.prepare` shards."""
     loaders_on_device: bool = True
     """Whether `accelerator.prepare` should move the loaders' batches (False with --gpu-decode)."""
-    ra_sampler: Optional[RepeatedAugmentation] = None
+    batch_sampler: Optional[torch.utils.data.Sampler] = None
+    """--ra-sampler's or --sampler balanced's batches of the global order, told each epoch."""
 
     def _prepare(self, accelerator, loaders: list) -> list:
         return _as_list(accelerator.prepare(*loaders, device_placement=[self.loaders_on_device] * len(loaders)))
@@ -82,8 +90,8 @@ class MapInputs(Inputs):
     def epoch_loader(self, accelerator, loader, epoch: int, skip_batches: int):
         loader.dataset.set_epoch(epoch)  # augmentation seeds
         loader.set_epoch(epoch)  # shuffle order
-        if self.ra_sampler is not None:
-            self.ra_sampler.set_epoch(epoch)
+        if self.batch_sampler is not None:
+            self.batch_sampler.set_epoch(epoch)
         # A mid-epoch resume: the very next batch of the same order, without loading the skipped ones.
         return accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
 
@@ -158,18 +166,34 @@ def build_inputs(cfg: TrainConfig, data: ImageData, accelerator, stream_state: O
     # Where batches are decoded (loader workers, or the GPU with --gpu-decode) and how they reach the device.
     decoding = decoding_for(cfg.gpu_decode, accelerator.device)
     train_feed, val_feed = decoding.feed(train), decoding.feed(val)
-    ra_sampler = RepeatedAugmentation(len(train), batch_size=cfg.batch_size, seed=cfg.seed, reps=cfg.ra_reps,
-                                      num_processes=accelerator.num_processes) if cfg.ra_sampler else None
+    labels = data.train["label"] if data.train is not None else None
+    counts = class_counts(labels, len(data.class_names)) if labels is not None else None
+    batch_sampler, sampler = _batch_sampler(cfg, labels, len(train), accelerator.num_processes)
     train_loader, val_loader = build_loaders(train_feed.dataset, val_feed.dataset, batch_size=cfg.batch_size,
                                              val_batch_size=cfg.val_batch_size, workers=cfg.workers, seed=cfg.seed,
                                              pin_memory=accelerator.device.type != "cpu",
-                                             collate_fn=decoding.collate_fn, train_batch_sampler=ra_sampler)
+                                             collate_fn=decoding.collate_fn, train_batch_sampler=batch_sampler)
     _check_one_global_batch(cfg, len(train), len(train_loader) // (cfg.grad_accum * accelerator.num_processes),
                             accelerator.num_processes)
+    note = imbalance_note(counts, data.class_names) if counts is not None and not cfg.evaluate else None
     return MapInputs(train_loader=train_loader, val_loader=val_loader, train_prepare=train_feed.prepare,
                      val_prepare=val_feed.prepare, train_images=len(train), val_images=len(val),
-                     class_names=data.class_names, name=data.name, notes=data.notes, data_fingerprint=fingerprint,
-                     loaders_on_device=decoding.loader_on_device, ra_sampler=ra_sampler)
+                     class_names=data.class_names, name=data.name, notes=(*data.notes, *([note] if note else [])),
+                     data_fingerprint=fingerprint, class_counts=counts, sampler=sampler,
+                     loaders_on_device=decoding.loader_on_device, batch_sampler=batch_sampler)
+
+
+def _batch_sampler(cfg: TrainConfig, labels, images: int, processes: int) -> tuple:
+    """(the batch sampler of --ra-sampler or --sampler balanced, or None for the shuffled default; how a resume
+    names it)."""
+    if cfg.ra_sampler:
+        return RepeatedAugmentation(images, batch_size=cfg.batch_size, seed=cfg.seed, reps=cfg.ra_reps,
+                                    num_processes=processes), "shuffle"
+    if cfg.sampler == "balanced":
+        sampler = BalancedBatches(labels, batch_size=cfg.batch_size, num_processes=processes, seed=cfg.seed,
+                                  draws=cfg.epoch_size)
+        return sampler, f"balanced, {sampler.draws} draws"
+    return None, "shuffle"
 
 
 def _check_num_classes(cfg: TrainConfig, name: str, class_names) -> None:

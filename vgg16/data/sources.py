@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
+from .imagenet_val import flat_images, flat_val_split
 from .folders import IMG_EXTENSIONS, scan_class_folder
 
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -104,11 +105,17 @@ def load_image_folder(root: Path, seed: int = 0) -> ImageData:
     if train_root == root or val_dir is None:
         data = _from_splits(root.name, {"train": train}, str(root), seed)
         return dataclasses.replace(data, notes=(*train_scan.notes, *data.notes))
-    val_scan = scan_class_folder(val_dir)
-    _check_same_classes(classes, val_scan.classes, str(root))
-    val = datasets.Dataset.from_dict({"image": val_scan.images, "label": val_scan.labels}, features=features)
+    flat = flat_images(val_dir)
+    if flat:  # ImageNet's validation as shipped: one folder, the labels in the devkit or Kaggle's CSV
+        images, labels, note = flat_val_split(root, val_dir, flat, classes)
+        val_notes: tuple = (note,)
+    else:
+        val_scan = scan_class_folder(val_dir)
+        _check_same_classes(classes, val_scan.classes, str(root))
+        images, labels, val_notes = val_scan.images, val_scan.labels, val_scan.notes
+    val = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
     return ImageData(root.name, train, val, classes, small_images=_first_image_is_small(train),
-                     notes=(*train_scan.notes, *val_scan.notes))
+                     notes=(*train_scan.notes, *val_notes))
 
 
 # ---------------------------------------------------------------- CIFAR-10, python pickles
