@@ -91,6 +91,8 @@ def test_imbalance_is_said_and_both_options_train_and_are_recorded(skewed, tmp_p
 
     assert yaml.safe_load((weighted / "run.yaml").read_text())["class-weights"] == "balanced"
     assert yaml.safe_load((balanced / "run.yaml").read_text())["sampler"] == "balanced"
+    assert "- class weights in the loss: balanced" in (weighted / "README.md").read_text()
+    assert "- sampler: balanced (each class drawn equally often)" in (balanced / "README.md").read_text()
     for args, message in ((["--sampler", "balanced", "--ra-sampler"], "keep one"),
                           (["--epoch-size", "9"], "--epoch-size is for --sampler balanced"),
                           (["--class-weights", str(tmp_path / "none.yaml")], "cannot read it")):

@@ -103,6 +103,8 @@ def model_card(results: dict, model_config: dict) -> str:
         *([f"- started from: {model_config.get('started_from') or model_config['pretrained']}"]
           if model_config.get("pretrained") else ["- started from: random initialisation"]),
         *([f"- frozen: {model_config['frozen']}"] if model_config.get("frozen") else []),
+        *([f"- sampler: {results['sampler']} (each class drawn equally often)"] if results.get("sampler") else []),
+        *([f"- class weights in the loss: {results['class_weights']}"] if results.get("class_weights") else []),
         *([f"- features trained at lr x {model_config['backbone_lr_scale']:g}"]
           if model_config.get("backbone_lr_scale") is not None else []),
         f"- torch {results['torch']}, accelerate {results['accelerate']}", "",

@@ -45,6 +45,10 @@ class RunResults:
     seed: int
     recipe: str
     pretrained: Optional[str] = None
+    sampler: Optional[str] = None
+    """--sampler balanced, with the draws per epoch when --epoch-size gave them (unset: every image once)."""
+    class_weights: Optional[str] = None
+    """--class-weights: balanced or the file."""
     command: str = ""
     status: str = "running"
     """running, preempted (`stopped` says where) or finished."""
@@ -96,7 +100,9 @@ class RunResults:
                    num_classes=num_classes,
                    train_images=train_images, global_batch_size=global_batch, per_process_batch_size=cfg.batch_size,
                    grad_accum=cfg.grad_accum, lr=lr, base_lr=cfg.lr, lr_scaled_by_batch=cfg.lr_scale_by_batch,
-                   seed=cfg.seed, recipe=cfg.recipe, pretrained=pretrained, command=command, **launch)
+                   seed=cfg.seed, recipe=cfg.recipe, pretrained=pretrained, command=command,
+                   sampler=(cfg.sampler + (f", {cfg.epoch_size} draws an epoch" if cfg.epoch_size else ""))
+                   if cfg.sampler != "shuffle" else None, class_weights=cfg.class_weights, **launch)
 
     def update(self, **values) -> None:
         unknown = set(values) - {f.name for f in fields(self)}

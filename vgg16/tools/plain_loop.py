@@ -5,7 +5,9 @@ small-image head, SGD with warm-up + cosine per step, no Accelerate.
     python -m vgg16.tools.plain_loop --data DIR -a vgg16_bn --image-size 32 --epochs 5 --batch-size 64 --lr 0.05 \
         --warmup-epochs 1 --weight-decay 5e-4
 
-prints top-1 after every epoch and a JSON line at the end. Compare with `train_vgg16.py` given the same options
+prints top-1 after every epoch and a JSON line at the end (with macro-F1 and each class's recall, scikit-learn's).
+For imbalanced data, `--class-weights balanced` (scikit-learn's weights in the loss) and `--weighted-sampler`
+(torch's WeightedRandomSampler, 1 / class count per image, as many draws as images) are the plain ways. Compare with `train_vgg16.py` given the same options
 and `--hflip 0 --lr-scheduler cosine`. Deliberately independent of vgg16.data.pipeline/engine/optim: it shares nothing with
 the trainer but the idea of the head.
 """
@@ -52,6 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=49)
+    p.add_argument("--class-weights", choices=("balanced",), help="weigh the loss by scikit-learn's balanced weights")
+    p.add_argument("--weighted-sampler", action="store_true", help="torch's WeightedRandomSampler, class-balanced")
     p.add_argument("--init-from", metavar="FILE.safetensors",
                    help="start from these torchvision-keyed weights, with a new last layer (fine-tuning every layer)")
     args = p.parse_args(argv)
@@ -64,8 +68,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     train_set = datasets.ImageFolder(os.path.join(args.data, "train"), train_tf)  # PIL, converted to RGB
     val_set = datasets.ImageFolder(os.path.join(args.data, "val"), val_tf)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                               num_workers=args.workers)
+    targets = torch.tensor(train_set.targets)
+    counts = torch.bincount(targets, minlength=len(train_set.classes)).double()
+    sampler = torch.utils.data.WeightedRandomSampler((1.0 / counts)[targets], num_samples=len(targets)) \
+        if args.weighted_sampler else None
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None,
+                                               sampler=sampler, drop_last=True, num_workers=args.workers)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
 
     model = small_head_vgg(args.arch, len(train_set.classes), args.dropout)
@@ -84,7 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    criterion = nn.CrossEntropyLoss()
+    weights = counts.sum() / (len(counts) * counts) if args.class_weights else None  # compute_class_weight's
+    criterion = nn.CrossEntropyLoss(weight=weights.float() if weights is not None else None)
     history, started = [], time.time()
     for epoch in range(args.epochs):
         model.train()
@@ -95,14 +104,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             optimizer.step()
             scheduler.step()
         model.eval()
-        correct = count = 0
+        guesses, truth = [], []
         with torch.no_grad():
             for images, labels in val_loader:
-                correct += int((model(images).argmax(1) == labels).sum())
-                count += len(labels)
+                guesses += model(images).argmax(1).tolist()
+                truth += labels.tolist()
+        correct, count = sum(g == t for g, t in zip(guesses, truth)), len(truth)
         history.append(100.0 * correct / count)
         print(f"epoch {epoch + 1}/{args.epochs}  acc1 {history[-1]:.3f}  over {count} images", flush=True)
-    print(json.dumps({"acc1": history[-1], "history": history, "seconds": round(time.time() - started, 1)}))
+    from sklearn.metrics import f1_score, recall_score
+
+    print(json.dumps({"acc1": history[-1], "history": history, "seconds": round(time.time() - started, 1),
+                      "macro_f1": 100 * f1_score(truth, guesses, average="macro"),
+                      "recall": [round(100 * r, 1) for r in recall_score(truth, guesses, average=None)]}))
     return 0
 
 
