@@ -96,8 +96,8 @@ def test_only_the_main_process_writes_and_prints(two_process_run):
     assert done.stdout.count("Acc@1") == 1 and done.stdout.count("validation:") == 2
     # .run.lock stays (empty, unlocked) after the run: flock's file is left in place (vgg16/run_lock.py).
     assert sorted(p.name for p in out.iterdir()) == [".run.lock", "README.md", "checkpoints", "config.json",
-                                                     "curves.png", "model.safetensors", "results.json", "results.md",
-                                                     "run.yaml"]
+                                                     "confusion.png", "curves.png", "model.safetensors",
+                                                     "results.json", "results.md", "run.yaml"]
     ckpt = out / "checkpoints" / "epoch_0002"
     assert {p.name for p in ckpt.glob("random_states_*")} == {"random_states_0.pkl", "random_states_1.pkl"}
 

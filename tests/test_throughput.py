@@ -92,6 +92,15 @@ def test_benchmark_train_prints_both_rates_and_the_ratio():
     assert 0.8 < r["gflop_per_image"] < 1.1  # VGG11 at 32 px: 0.155 GMAC = 0.31 GFLOP forward, x3 for training
 
 
+def test_benchmark_infer_times_eager_compiled_and_onnxruntime_on_the_same_batches():
+    one, r = _benchmark_lines("infer", "--arch", "vgg11", "--image-size", "32", "--batch-size", "4", "--steps", "2",
+                              "--rounds", "1", "--compile-backend", "eager")
+    assert (one["batch_size"], r["batch_size"]) == (1, 4) and r["image_size"] == 32
+    for side in ("eager", "compiled", "onnxruntime"):
+        assert r[f"{side}_ms"] > 0 and r[f"{side}_images_per_s"] == pytest.approx(4000 / r[f"{side}_ms"], rel=0.02)
+    assert r["onnxruntime_ratio"] == pytest.approx(r["eager_ms"] / r["onnxruntime_ms"], rel=0.02)
+
+
 @pytest.mark.parametrize("split", [[], ["--eval"], ["--gpu-decode", "--device", "cpu"]])
 def test_benchmark_data_against_torchvision_imagefolder(tmp_path, split):
     data = make_image_folder(tmp_path / "d", n_train=8, n_val=8) if not split[1:] else _jpeg_folder(tmp_path / "j", 8)

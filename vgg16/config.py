@@ -6,7 +6,7 @@ for the run's architecture, a --config file and the command line, then `check_ru
 join. Nothing here knows about devices or processes: the values that depend on the launch (workers per process,
 the precision an accelerate config chose) and on the data (the sizes) come to the resolution as facts.
 
-Over 300 lines on purpose: it is the one place every option is declared (82 of them, one to six lines each);
+Over 300 lines on purpose: it is the one place every option is declared (84 of them, one to six lines each);
 splitting the declarations by group would put the options a reader looks for in several files.
 """
 
@@ -244,7 +244,16 @@ class TrainConfig:
     dist_timeout: Optional[float] = option(
         None, "--dist-timeout", group=DEVICE, minimum=0, above=True, metavar="MINUTES",
         help="minutes before a collective that some process never joins fails (default torch's: 10 NCCL, 30 gloo); "
-        "raise it for slow starts of large jobs")
+        "raise it for slow starts of large jobs. On NPUs it also sets HCCL_CONNECT_TIMEOUT and HCCL_EXEC_TIMEOUT "
+        "(within HCCL's ranges) unless you set them")
+    npu_jit_compile: bool = option(
+        False, "--npu-jit-compile", group=DEVICE,
+        help="on an NPU, let torch_npu compile operators just in time (torch.npu.set_compile_mode): its default on "
+        "910A-class chips, where a first epoch can take minutes longer; off, the precompiled operators are used")
+    npu_internal_format: str = option(
+        "default", "--npu-internal-format", group=DEVICE, choices=("default", "on", "off"),
+        help="on an NPU, torch.npu.config.allow_internal_format (private NPU tensor layouts): torch_npu's own "
+        "default, or on / off")
     gpu_decode: bool = option(False, "--gpu-decode", group=DEVICE,
                               help="decode JPEG batches on the GPU (nvJPEG); workers only read files. NVIDIA only")
 

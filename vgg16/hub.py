@@ -145,6 +145,7 @@ def from_pretrained(path_or_id: str, arch: str = "vgg16") -> VGGClassifier:
     config.setdefault("std", list(weights.std))
     if weights.resize:
         config.setdefault("val_resize_size", weights.resize)
+    config.setdefault("interpolation", weights.interpolation or "bilinear")
     model = VGGClassifier(**config)
     check_state_dict(model, state, str(path_or_id))
     model.load_state_dict(state)

@@ -81,6 +81,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # skips the step (and halves the scale) instead of applying inf gradients.
         handlers.append(GradScalerKwargs(init_scale=cfg.loss_scale, growth_interval=2**31 - 1))
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() and t.strip() != "none"]
+    ascend = ascend_setup(cfg, torch.npu, os.environ) if "npu" in visible_accelerators() else []  # type: ignore
     follow_the_launcher()  # a worker ends with its launcher (elastic.py)
     # A restart by the launcher forms its process group itself, away from the first attempt's keys (elastic.py).
     init_restarted_group(timedelta(minutes=cfg.dist_timeout) if cfg.dist_timeout is not None else None)
@@ -102,10 +103,40 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             message += "; on CPU use --mixed-precision bf16 or no"
         raise UsageError(message) from None
     check_launch(cfg, accelerator)
+    if ascend:
+        accelerator.print("note: NPU settings: " + "; ".join(ascend), flush=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     return accelerator
+
+
+# HCCL's documented ranges, in seconds (CANN's environment variable reference).
+HCCL_CONNECT_RANGE, HCCL_EXEC_RANGE = (120, 7200), (68, 17340)
+
+
+def ascend_setup(cfg: TrainConfig, npu, environ) -> list:
+    """What an NPU run sets before its process group forms, and each said in words: torch_npu's operator
+    compilation (`--npu-jit-compile`, off by default: the ModelZoo scripts turn it off, and on 910A-class chips
+    torch_npu would compile every operator just in time), its private tensor layouts (`--npu-internal-format`),
+    and HCCL's own connect and execution timeouts from --dist-timeout, which HCCL reads from the environment when
+    the group forms (a value the user set stays)."""
+    said = []
+    npu.set_compile_mode(jit_compile=cfg.npu_jit_compile)
+    said.append(f"jit_compile {'on' if cfg.npu_jit_compile else 'off'}")
+    if cfg.npu_internal_format != "default":
+        npu.config.allow_internal_format = cfg.npu_internal_format == "on"
+    said.append(f"allow_internal_format {npu.config.allow_internal_format}"
+                + (" (torch_npu's default)" if cfg.npu_internal_format == "default" else ""))
+    if cfg.dist_timeout is not None:
+        seconds = int(cfg.dist_timeout * 60)
+        for name, (low, high) in (("HCCL_CONNECT_TIMEOUT", HCCL_CONNECT_RANGE), ("HCCL_EXEC_TIMEOUT", HCCL_EXEC_RANGE)):
+            if name in environ:
+                said.append(f"{name} {environ[name]} s (yours)")
+                continue
+            environ[name] = str(min(max(seconds, low), high))
+            said.append(f"{name} {environ[name]} s (from --dist-timeout)")
+    return said
 
 
 def check_launch(cfg: TrainConfig, accelerator: Accelerator) -> None:

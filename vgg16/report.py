@@ -80,6 +80,7 @@ class RunResults:
     figures."""
     ema_acc1: Optional[float] = None
     ema_acc5: Optional[float] = None
+    ema_macro_f1: Optional[float] = None
     evaluated: Optional[str] = None
     """--evaluate: the weights evaluated."""
     stopped: Optional[dict] = None

@@ -3,13 +3,15 @@
     python -m vgg16.tools.benchmark data --data DIR [--batch-size 64 --workers N --steps 50 --eval --gpu-decode]
     python -m vgg16.tools.benchmark stream --data PARQUET_DIR [--batch-size 64 --workers N --steps 50]
     python -m vgg16.tools.benchmark train [--arch vgg16 --image-size 224 --batch-size 64 --steps 30 --mixed-precision bf16]
+    python -m vgg16.tools.benchmark infer [--model FOLDER | --arch vgg16 --image-size 224] [--batch-size 32]
 
 `data` times our input pipeline (decode + augment to uint8, normalised later on the device) against torchvision's
 ImageFolder + PIL + ToTensor + Normalize on the same folder, workers and batch. `stream` times --streaming against the same
 parquet files loaded whole (map-style), after measuring that whole load's time and Arrow copy. `train` times our
 training step
 (Accelerate, the engine's train_one_epoch, on synthetic data) against a plain PyTorch loop with the same model,
-batch and optimizer. Both run the two sides for `--rounds` rounds, the first side alternating, and keep each
+batch and optimizer. `infer` times our model's inference, eager and compiled, against onnxruntime on the ONNX file
+vgg16.export writes (tools/bench_infer.py). Both run the two sides for `--rounds` rounds, the first side alternating, and keep each
 side's best, since a shared machine is noisy. The last stdout lines are JSON objects, one per batch size, with
 images_per_s, baseline_images_per_s and ratio.
 """
@@ -28,6 +30,7 @@ import torch
 
 from ..config import COMPILE_MODES
 from ..errors import RunFailure, UsageError, one_line
+from .bench_infer import bench_infer
 from .bench_train import bench_train, side_order
 
 def _time_loader(loader, steps: int, warmup: int = 2) -> float:
@@ -212,18 +215,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t.add_argument("--peak-tflops", type=float, help="device peak for FLOP utilisation, if not known")
     t.add_argument("--stop-check", action="store_true", help="also time ours with the per-step preemption check, "
                    "and the check alone (launch with several processes to include its all-reduce)")
-    for p in (d, st, t):
+    i = sub.add_parser("infer", help="inference: eager and compiled PyTorch against onnxruntime")
+    i.add_argument("--model", help="one of our folders (default: random weights of --arch at --image-size)")
+    i.add_argument("--arch", default="vgg16")
+    i.add_argument("--image-size", type=int, default=224)
+    i.add_argument("--batch-size", type=int, default=32, help="the throughput batch (latency: batch 1)")
+    i.add_argument("--steps", type=int, default=10, help="timed calls per round (their median counts)")
+    i.add_argument("--compile-backend", default="inductor")
+    for p in (d, st, t, i):
         p.add_argument("--rounds", type=int, default=2, help="alternate both sides this many times; keep the best")
     args = parser.parse_args(argv)
     try:
         results = {"data": lambda: [bench_data(args)], "stream": lambda: [bench_stream(args)],
-                   "train": lambda: bench_train(args)}[args.what]()
+                   "train": lambda: bench_train(args), "infer": lambda: bench_infer(args)}[args.what]()
     except (UsageError, RunFailure) as e:  # a wrong --data and the like: one line, as train_vgg16.py says it
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under a launcher: the main process reports
     for result in results:
+        if result["what"].startswith("infer"):
+            print(f"{result['what']}: eager {result['eager_ms']:.2f} ms, compiled {result['compiled_ms']:.2f} ms "
+                  f"(x{result['compiled_ratio']:.2f}), onnxruntime {result['onnxruntime_ms']:.2f} ms "
+                  f"(x{result['onnxruntime_ratio']:.2f}); {result['eager_images_per_s']:.1f} / "
+                  f"{result['compiled_images_per_s']:.1f} / {result['onnxruntime_images_per_s']:.1f} images/s")
+            continue
         if result.get("oom"):
             print(f"{result['what']}: out of device memory, larger batches skipped")
         else:
