@@ -108,7 +108,8 @@ def test_model_card_has_metrics_and_the_command(run_dir):
     # The hub's own parser reads the results the hub shows (offline: ModelCard.validate needs the network).
     parsed = huggingface_hub.ModelCard.load(out / "README.md")
     found = {r.metric_type: r.metric_value for r in parsed.data.eval_results}
-    assert found == {"accuracy": round(results["acc1"], 3), "top_5_accuracy": round(results["acc5"], 3)}
+    assert found == {"accuracy": round(results["acc1"], 3), "top_5_accuracy": round(results["acc5"], 3),
+                     "f1": round(results["macro_f1"], 3)}
     assert parsed.data.library_name == "pytorch" and parsed.data.datasets == [results["dataset"]]
 
 

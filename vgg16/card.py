@@ -35,6 +35,7 @@ def model_card(results: dict, model_config: dict) -> str:
     """YAML front matter (library, tags, dataset, metrics with values) and a short human description."""
     dataset = results["dataset"]
     acc1, acc5 = exported_accuracy(results)
+    macro_f1 = (results.get("best") or results).get("macro_f1")
     timm_loads = model_config["head"] == "imagenet"  # timm has no small-image head
     front = {
         # timm builds 224 px exports from config.json (hf-hub:USER/NAME), so the hub shows its snippet for them.
@@ -45,7 +46,7 @@ def model_card(results: dict, model_config: dict) -> str:
         + (["timm"] if timm_loads else []),
         **({"base_model": model_config["base_model"]} if model_config.get("base_model") else {}),
         "datasets": [dataset],
-        "metrics": ["accuracy"],
+        "metrics": ["accuracy", "f1"],
         "model-index": [{
             "name": f"{results['arch']}-{dataset}",
             "results": [{
@@ -54,6 +55,7 @@ def model_card(results: dict, model_config: dict) -> str:
                 "metrics": [
                     {"type": "accuracy", "name": "top-1 accuracy", "value": round(acc1, 3)},
                     {"type": "top_5_accuracy", "name": "top-5 accuracy", "value": round(acc5, 3)},
+                    *([{"type": "f1", "name": "macro-F1", "value": round(macro_f1, 3)}] if macro_f1 is not None else []),
                 ],
             }],
         }],
