@@ -10,14 +10,9 @@ MAX_POSITIONAL = 5
 CTYPES_CALLERS = {"vgg16/data/region_decode.py"}
 
 
-# A container whose constructor takes its items by position (*args): the items are not arguments to name.
-VARARGS_CALLEES = {"nn.Sequential"}
-
-
 def positional_calls(tree: ast.AST) -> list:
     return [node for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and ast.unparse(node.func) not in VARARGS_CALLEES
-            and len([a for a in node.args if not isinstance(a, ast.Starred)]) > MAX_POSITIONAL]
+            if isinstance(node, ast.Call) and len([a for a in node.args if not isinstance(a, ast.Starred)]) > MAX_POSITIONAL]
 
 
 def test_no_call_in_the_package_passes_more_than_five_arguments_by_position():

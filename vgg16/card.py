@@ -9,13 +9,10 @@ from .report import amp_type, per_class_section, results_table
 
 
 def exported_accuracy(results: dict) -> tuple[float, float]:
-    """Top-1/top-5 of the weights in model.safetensors: the model's, or its EMA's when that scored higher, of the
-    epoch --best-metric kept."""
-    if results.get("best"):
-        return results["best"]["acc1"], results["best"]["acc5"]
-    if results.get("exported_weights") == "ema":
-        return results["ema_acc1"], results["ema_acc5"]
-    return results.get("acc1", 0.0), results.get("acc5", 0.0)
+    """Top-1/top-5 of the weights in model.safetensors: the epoch's --best-metric kept (the last by default), of
+    the model or its EMA, whichever was exported (fit.EpochLoop records them as `best`); --evaluate's own."""
+    figures = results.get("best") or results
+    return figures.get("acc1", 0.0), figures.get("acc5", 0.0)
 
 
 def weights_line(results: dict) -> str:

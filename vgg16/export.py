@@ -44,7 +44,8 @@ PARITY_IMAGES = 14
 
 
 class WithInput(torch.nn.Module):
-    """The model with its input's conversion inside the graph: uint8 NCHW 0-255 in (--with-normalize)."""
+    """The model with its input's conversion inside the graph: uint8 NCHW 0-255 in (--with-normalize). Not
+    engine.Normalizer: here mean and std are buffers, so `--fp16`'s `.half()` converts them with the weights."""
 
     def __init__(self, model: torch.nn.Module, mean, std):
         super().__init__()
@@ -104,8 +105,10 @@ def parity_images(data: Optional[str], images: Sequence[str]) -> list:
         return [decode_image({"path": str(p)}) for p in images]
     from .data.sources import load_source
 
+    import datasets
+
     split = load_source(data, seed=0).val
-    raw = split.cast_column("image", __import__("datasets").Image(decode=False))
+    raw = split.cast_column("image", datasets.Image(decode=False))
     return [decode_image(raw[i]["image"]) for i in range(min(PARITY_IMAGES, len(raw)))]
 
 

@@ -43,11 +43,11 @@ def build_model(arch: str, num_classes: int, *, head: str = "imagenet", dropout:
     if head == "small":
         model.avgpool = nn.AdaptiveAvgPool2d(1)
         width = SMALL_HEAD_WIDTH
-        model.classifier = nn.Sequential(
-            nn.Linear(512, width), nn.ReLU(True), nn.Dropout(dropout),
-            nn.Linear(width, width), nn.ReLU(True), nn.Dropout(dropout),
-            nn.Linear(width, num_classes),
-        )
+        # torchvision's classifier layout, so the keys stay classifier.0/3/6.
+        layers = [nn.Linear(512, width), nn.ReLU(True), nn.Dropout(dropout),
+                  nn.Linear(width, width), nn.ReLU(True), nn.Dropout(dropout),
+                  nn.Linear(width, num_classes)]
+        model.classifier = nn.Sequential(*layers)
         # PyTorch's default nn.Linear init, not torchvision's normal(0, 0.01): at 512 wide, 0.01 shrinks the signal
         # about 9x per layer, so the logits start near zero and the gradients reaching the features are tiny.
         # Measured on the digits folder (vgg16_bn, 5 epochs, docs/recipes.md "Small-image head"): 87.5% -> 97.8% top-1.

@@ -40,11 +40,13 @@ def imbalance_note(counts: np.ndarray, class_names: Sequence[str]) -> Optional[s
 
 
 def balanced_weights(counts: np.ndarray) -> np.ndarray:
-    """scikit-learn's class_weight='balanced': n_samples / (n_classes x count), over the classes present (a class
-    without training images gets weight 0: it has no loss term anyway)."""
-    present = counts > 0
+    """scikit-learn's `compute_class_weight("balanced")`: n_samples / (n_classes x count), over the classes present
+    (a class without training images gets weight 0: it has no loss term anyway)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.flatnonzero(counts)
     weights = np.zeros(len(counts), dtype=np.float64)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
+    weights[present] = compute_class_weight("balanced", classes=present, y=np.repeat(np.arange(len(counts)), counts))
     return weights
 
 
@@ -64,8 +66,8 @@ def read_class_weights(path: str, class_names: Sequence[str]) -> np.ndarray:
         if unknown:
             raise UsageError(f"{where}: no class named {unknown[0]!r} in the data (its classes: "
                              f"{', '.join(names[:10])}{' ...' if len(names) > 10 else ''})")
-        weights = np.array([data.get(n, data.get(int(n)) if n.isdigit() else None) for n in names], dtype=object)
-        weights = np.array([1.0 if w is None else w for w in weights], dtype=object)
+        by_name = {str(k): v for k, v in data.items()}  # YAML reads a class named 3 as the number 3
+        weights = np.array([by_name.get(n, 1.0) for n in names], dtype=object)
     elif isinstance(data, (list, str, int, float)):
         values = data if isinstance(data, list) else str(data).split()
         if len(values) != len(names):

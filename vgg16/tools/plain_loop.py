@@ -34,9 +34,9 @@ def small_head_vgg(arch: str, num_classes: int, dropout: float) -> nn.Module:
     """torchvision's VGG, global-pooled with a 512-wide classifier in PyTorch's default init (below 64 px)."""
     model = getattr(models, arch)(weights=None, num_classes=num_classes, dropout=dropout)
     model.avgpool = nn.AdaptiveAvgPool2d(1)
-    model.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(dropout),
-                                     nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(dropout),
-                                     nn.Linear(512, num_classes))
+    layers = [nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(dropout),
+              nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(dropout), nn.Linear(512, num_classes)]
+    model.classifier = nn.Sequential(*layers)
     return model
 
 
